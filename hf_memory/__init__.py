@@ -1,0 +1,32 @@
+"""hf_memory: memory-augmented transformers for the Hugging Face ecosystem.
+
+Importing the package registers every model with the transformers Auto classes, so `AutoConfig`,
+`AutoModel` and the task Auto classes resolve our `model_type`s without `trust_remote_code`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
+
+from .models.memxlnet import (
+    MemXLNetConfig,
+    MemXLNetForQuestionAnswering,
+    MemXLNetModel,
+    MemXLNetModelOutput,
+    MemXLNetPreTrainedModel,
+    MemXLNetQuestionAnsweringOutput,
+)
+from .tokenization import add_memory_tokens, get_memory_token_ids, train_xlnet_tokenizer
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes():
+    AutoConfig.register(MemXLNetConfig.model_type, MemXLNetConfig, exist_ok=True)
+    AutoModel.register(MemXLNetConfig, MemXLNetModel, exist_ok=True)
+    AutoModelForQuestionAnswering.register(MemXLNetConfig, MemXLNetForQuestionAnswering, exist_ok=True)
+    # save_pretrained then writes auto_map and copies the flat model code next to the weights.
+    MemXLNetConfig.register_for_auto_class()
+    MemXLNetModel.register_for_auto_class("AutoModel")
+    MemXLNetForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+
+
+_register_auto_classes()
