@@ -138,7 +138,7 @@ def test_trust_remote_code_loads_without_hf_memory(tmp_path):
         import sys
         sys.modules["hf_memory"] = None
         import torch
-        from transformers import AutoModelForQuestionAnswering
+        from transformers import AutoModel, AutoModelForQuestionAnswering
         model = AutoModelForQuestionAnswering.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert "transformers_modules" in type(model).__module__, type(model).__module__
         ids = torch.load({str(tmp_path / "ids.pt")!r})
@@ -146,6 +146,8 @@ def test_trust_remote_code_loads_without_hf_memory(tmp_path):
             first = model(input_ids=ids)
             logits = model(input_ids=ids, memory_state=first.memory_state).start_logits
         assert torch.equal(logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        encoder = AutoModel.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True)
+        assert type(encoder).__name__ == "MemXLNetModel"
         print("REMOTE_OK")
         """
     )

@@ -1,0 +1,110 @@
+"""Model cards with Hub metadata for every checkpoint hf_memory writes.
+
+Templates (Jinja, one per model family) sit beside this file. The YAML header is built with huggingface_hub's
+`ModelCardData`, so `model-index` follows the Hub's evaluation-results schema.
+"""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_DIR = Path(__file__).parent
+FAMILIES = {
+    "memxlnet": ("memxlnet.md", "question-answering"),
+    "gmmxlnet": ("gmmxlnet.md", "question-answering"),
+    "memory_transformer": ("memory_transformer.md", "text-generation"),
+    "memory_adapter": ("memory_adapter.md", "text-generation"),
+}
+# Metric names as the Hub's model-index expects them, for the keys our scripts write.
+HUB_METRIC_TYPES = {"exact": "exact_match", "f1": "f1", "eval_exact": "exact_match", "eval_f1": "f1",
+                    "eval_loss": "loss", "perplexity": "perplexity"}
+
+
+def _family(config) -> str:
+    family = getattr(config, "model_type", None) or getattr(config, "memory_type", None)
+    if family not in FAMILIES:
+        raise ValueError(f"No model card template for {family!r}. Known families: {', '.join(FAMILIES)}.")
+    return family
+
+
+def render_model_card(
+    config,
+    model_id: str,
+    *,
+    base_model: str | None = None,
+    datasets: list[str] | None = None,
+    eval_results: dict[str, float] | None = None,
+    dataset_name: str | None = None,
+    family: str | None = None,
+) -> str:
+    """The README.md text for a checkpoint: Hub metadata header, description, working usage snippets, metrics."""
+    family = family or _family(config)
+    template, pipeline_tag = FAMILIES[family]
+    eval_results = {name: round(float(value), 4) for name, value in (eval_results or {}).items()}
+    model_name = Path(model_id).name or model_id
+    hub_results = [
+        EvalResult(
+            task_type=pipeline_tag,
+            dataset_type=(datasets or ["custom"])[0],
+            dataset_name=dataset_name or (datasets or ["custom"])[0],
+            metric_type=HUB_METRIC_TYPES[name],
+            metric_value=value,
+        )
+        for name, value in eval_results.items()
+        if name in HUB_METRIC_TYPES
+    ]
+    card_data = ModelCardData(
+        library_name="transformers" if family != "memory_adapter" else "hf_memory",
+        pipeline_tag=pipeline_tag,
+        tags=["hf_memory", family, "memory-augmented", "custom_code"],
+        datasets=datasets,
+        base_model=base_model,
+        model_name=model_name,
+        eval_results=hub_results or None,
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_DIR / template),
+        config=config,
+        model_id=model_id,
+        model_name=model_name,
+        base_model=base_model,
+        eval_results=eval_results,
+    )
+    return str(card)
+
+
+def write_model_card(save_directory: str | Path, config, *, overwrite: bool = False, **card_info) -> Path | None:
+    """Write README.md into `save_directory` unless one exists (a user's own card is never replaced)."""
+    path = Path(save_directory) / "README.md"
+    if path.exists() and not overwrite:
+        return None
+    card_info.setdefault("model_id", str(save_directory))
+    card_info.setdefault("base_model", _base_model(config))
+    path.write_text(render_model_card(config, **card_info), encoding="utf-8")
+    return path
+
+
+def _base_model(config) -> str | None:
+    """A Hub id the checkpoint was fine-tuned from, never a local path (the Hub rejects those in metadata)."""
+    name = getattr(config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", None)
+    if not name or Path(name).exists() or name.startswith((".", "/")):
+        return None
+    return name
+
+
+class ModelCardMixin:
+    """For our PreTrainedModels: `save_pretrained` writes a card, `push_to_hub` uploads it instead of a generic one.
+
+    transformers' `push_to_hub` replaces README.md with a generic card right before the upload, so the card is
+    rewritten (with the repo id in the usage snippets) at the last step, `_upload_modified_files`.
+    """
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self.config)
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        write_model_card(working_dir, self.config, overwrite=True, model_id=repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
