@@ -6,13 +6,21 @@ Importing the package registers every model with the transformers Auto classes, 
 
 from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
 
+from .adapters import MemoryAdapterConfig, MemoryAdapterModel, create_memory_optimizer, get_memory_model
 from .models.memxlnet import (
+    GMMXLNetConfig,
+    GMMXLNetForQuestionAnswering,
+    GMMXLNetPreTrainedModel,
+    GMMXLNetQuestionAnsweringOutput,
     MemXLNetConfig,
     MemXLNetForQuestionAnswering,
     MemXLNetModel,
     MemXLNetModelOutput,
     MemXLNetPreTrainedModel,
     MemXLNetQuestionAnsweringOutput,
+    gmm_balanced_config,
+    gmm_large_config,
+    gmm_small_config,
 )
 from .tokenization import add_memory_tokens, get_memory_token_ids, train_xlnet_tokenizer
 
@@ -27,6 +35,10 @@ def _register_auto_classes():
     MemXLNetConfig.register_for_auto_class()
     MemXLNetModel.register_for_auto_class("AutoModel")
     MemXLNetForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+    AutoConfig.register(GMMXLNetConfig.model_type, GMMXLNetConfig, exist_ok=True)
+    AutoModelForQuestionAnswering.register(GMMXLNetConfig, GMMXLNetForQuestionAnswering, exist_ok=True)
+    GMMXLNetConfig.register_for_auto_class()
+    GMMXLNetForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
 
 
 _register_auto_classes()

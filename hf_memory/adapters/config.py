@@ -46,13 +46,15 @@ class MemoryAdapterConfig(PushToHubMixin):
         memory_placement (`str`, defaults to `"after_attention"`):
             Where the memory sublayer sits in the decoder layer: `"after_attention"` (self-attention, memory, MLP) or
             `"after_mlp"` (after the whole layer).
-        memory_num_heads (`int`, *optional*):
+        memory_num_attention_heads (`int`, *optional*):
             Heads of the memory cross-attention; `None` uses the base model's attention heads.
         use_chapters (`bool`, defaults to `False`):
-            Split the bank into `num_chapters` chapters and let a causal router pick `top_k_chapters` per token.
-        num_chapters (`int`, defaults to 8), top_k_chapters (`int`, defaults to 2):
-            Chapter routing sizes; `num_memory_tokens` must be divisible by `num_chapters`.
-        router_load_balance_weight (`float`, defaults to 0.01), router_z_loss_weight (`float`, defaults to 0.0):
+            Split the bank into `num_chapters` chapters and let a causal router pick `top_k_chapters` of them.
+        num_chapters (`int`, defaults to 8), top_k_chapters (`int`, defaults to 2), num_shared_chapters (`int`,
+        defaults to 0), routing_chunk_size (`int`, defaults to 64):
+            Chapter routing, as in `MemoryTransformerConfig`: `num_memory_tokens` must be divisible by `num_chapters`;
+            the router decides every `routing_chunk_size` tokens from the mean of the past, never from the future.
+        router_aux_loss_coef (`float`, defaults to 0.01), router_z_loss_coef (`float`, defaults to 0.001):
             Weights of the router losses added to the language-modelling loss during training.
         memory_init_std (`float`, defaults to 0.02):
             Standard deviation of the bank initialisation.
@@ -82,14 +84,16 @@ class MemoryAdapterConfig(PushToHubMixin):
     memory_placement: Literal["after_attention", "after_mlp"] = field(
         default="after_attention", metadata={"help": f"One of {PLACEMENTS}."}
     )
-    memory_num_heads: Optional[int] = field(
+    memory_num_attention_heads: Optional[int] = field(
         default=None, metadata={"help": "Memory attention heads; None uses the base model's."}
     )
     use_chapters: bool = field(default=False, metadata={"help": "Route each token to a few chapters of the bank."})
     num_chapters: int = field(default=8, metadata={"help": "Chapters the bank is split into."})
-    top_k_chapters: int = field(default=2, metadata={"help": "Chapters each token reads."})
-    router_load_balance_weight: float = field(default=0.01, metadata={"help": "Weight of the load-balance loss."})
-    router_z_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the router z-loss."})
+    top_k_chapters: int = field(default=2, metadata={"help": "Routed chapters each routing chunk reads."})
+    num_shared_chapters: int = field(default=0, metadata={"help": "Leading chapters that are always read."})
+    routing_chunk_size: int = field(default=64, metadata={"help": "Tokens per routing decision (causal prefix)."})
+    router_aux_loss_coef: float = field(default=0.01, metadata={"help": "Weight of the load-balance loss."})
+    router_z_loss_coef: float = field(default=0.001, metadata={"help": "Weight of the router z-loss."})
     memory_init_std: float = field(default=0.02, metadata={"help": "Std of the bank initialisation."})
     lora_config: Optional[dict] = field(
         default=None, metadata={"help": "PEFT LoraConfig (as a dict) trained together with the memory."}
@@ -104,15 +108,30 @@ class MemoryAdapterConfig(PushToHubMixin):
         self._check_choice("memory_bank_type", BANK_TYPES)
         self._check_choice("memory_sharing", SHARING_MODES)
         self._check_choice("memory_placement", PLACEMENTS)
-        for name in ("num_memory_tokens", "memory_rank", "memory_sharing_k", "num_chapters", "top_k_chapters"):
+        for name in (
+            "num_memory_tokens",
+            "memory_rank",
+            "memory_sharing_k",
+            "num_chapters",
+            "top_k_chapters",
+            "routing_chunk_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
-        if self.memory_num_heads is not None and self.memory_num_heads < 1:
-            raise ValueError(f"memory_num_heads={self.memory_num_heads} must be positive, or None for the base's.")
+        if self.memory_num_attention_heads is not None and self.memory_num_attention_heads < 1:
+            raise ValueError(
+                f"memory_num_attention_heads={self.memory_num_attention_heads} must be positive, or None for the "
+                "base model's."
+            )
         if self.use_chapters:
-            if self.top_k_chapters > self.num_chapters:
+            if not 0 <= self.num_shared_chapters < self.num_chapters:
                 raise ValueError(
-                    f"top_k_chapters={self.top_k_chapters} exceeds num_chapters={self.num_chapters}; lower it."
+                    f"num_shared_chapters={self.num_shared_chapters} must be in [0, num_chapters={self.num_chapters})."
+                )
+            if self.top_k_chapters > self.num_chapters - self.num_shared_chapters:
+                raise ValueError(
+                    f"top_k_chapters={self.top_k_chapters} exceeds the {self.num_chapters - self.num_shared_chapters} "
+                    "routed chapters (num_chapters - num_shared_chapters); lower it."
                 )
             if self.num_memory_tokens % self.num_chapters:
                 raise ValueError(
@@ -126,7 +145,7 @@ class MemoryAdapterConfig(PushToHubMixin):
                     "for all layers."
                 )
             self.target_layers = [int(index) for index in self.target_layers]
-        for name in ("router_load_balance_weight", "router_z_loss_weight", "memory_init_std"):
+        for name in ("router_aux_loss_coef", "router_z_loss_coef", "memory_init_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
 
@@ -148,14 +167,6 @@ class MemoryAdapterConfig(PushToHubMixin):
         if len(set(resolved)) != len(resolved):
             raise ValueError(f"target_layers={self.target_layers} name the same layer twice.")
         return resolved
-
-    def bank_index_for(self, position: int) -> int:
-        """Bank used by the `position`-th target layer (in placement order)."""
-        if self.memory_sharing == "shared":
-            return 0
-        if self.memory_sharing == "per_layer":
-            return position
-        return position // self.memory_sharing_k
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,24 @@
 """MemXLNet configuration: XLNet plus memory tokens carried across the segments of a long document."""
 
+import copy
+from typing import TYPE_CHECKING
+
 from huggingface_hub.dataclasses import strict
 from transformers import XLNetConfig
+
+if TYPE_CHECKING:
+    # Never imported at run time. `save_pretrained` copies the single-dot relative imports of the model files next to
+    # the weights, so this line ships the QA pipeline (and its qa_processing helpers) with every checkpoint.
+    from .pipeline_question_answering import MemXLNetQuestionAnsweringPipeline  # noqa: F401
 
 MEMORY_INITS = ("learned", "zeros")
 MEMORY_UPDATES = ("gated", "none")
 MEMORY_IMPLS = ("token", "differentiable")
+# `pipeline("question-answering", model=<checkpoint>, trust_remote_code=True)` resolves the task through this entry.
+QUESTION_ANSWERING_PIPELINE = {
+    "impl": "pipeline_question_answering.MemXLNetQuestionAnsweringPipeline",
+    "pt": ["AutoModelForQuestionAnswering"],
+}
 
 
 @strict
@@ -72,6 +85,11 @@ class MemXLNetConfig(XLNetConfig):
             self.vocab_size += 2 * m
         self._validate_memory_token_ids()
         super().__post_init__(**kwargs)
+        # A fresh copy per config: transformers' `clean_custom_task` rewrites these entries in place.
+        self.custom_pipelines = {
+            "question-answering": copy.deepcopy(QUESTION_ANSWERING_PIPELINE),
+            **(getattr(self, "custom_pipelines", None) or {}),
+        }
 
     def _validate_memory_fields(self):
         if self.memory_num_tokens < 0:
@@ -111,4 +129,115 @@ class MemXLNetConfig(XLNetConfig):
             raise ValueError("mem_read_token_ids and mem_write_token_ids overlap. Fix: use distinct token ids.")
 
 
-__all__ = ["MemXLNetConfig"]
+ROUTING_MODES = ("write-based", "read-based")
+POOLING_METHODS = ("mean", "max", "attention")
+EXPERT_INIT_STRATEGIES = ("orthogonal", "learned", "zeros")
+MIN_MEMORY_EXPERTS, MAX_MEMORY_EXPERTS = 2, 8
+
+
+@strict
+class GMMXLNetConfig(MemXLNetConfig):
+    r"""
+    Configuration of [`GMMXLNetForQuestionAnswering`]: MemXLNet whose memory is a gated mixture of k expert memories.
+    All [`MemXLNetConfig`] fields apply except `memory_impl`, `memory_update` and `memory_init` (the experts have
+    their own gated update and initialisation); the GMM fields are:
+
+    Args:
+        num_memory_experts (`int`, *optional*, defaults to 4):
+            Number k of expert memories, each of `memory_num_tokens` slots (2 to 8).
+        routing_temperature (`float`, *optional*, defaults to 1.0):
+            Softmax temperature of the router; below 1 sharpens routing, above 1 softens it.
+        routing_mode (`str`, *optional*, defaults to `"write-based"`):
+            Weights of the aggregated read that fills the `[MEM_READ_i]` tokens of the next segment:
+            `"write-based"` reuses the write routing of the previous segment, `"read-based"` routes with a second
+            router on the `[MEM_READ_i]` hidden states of the previous segment.
+        pooling_method (`str`, *optional*, defaults to `"mean"`):
+            How the router pools the slot states: `"mean"`, `"max"` or `"attention"` (learned attention pooling).
+        expert_init_strategies (`list[str]`, *optional*):
+            Initial memory of each expert: `"orthogonal"` (mutually orthogonal slots), `"learned"` (small normal
+            noise) or `"zeros"`. All initial memories are trained. Defaults to `["learned"] * num_memory_experts`.
+        load_balance_weight (`float`, *optional*, defaults to 0.01):
+            Weight of the Switch-style load-balance loss added to the QA loss (prevents expert collapse).
+        entropy_regularization_weight (`float`, *optional*, defaults to 0.0):
+            Weight of the entropy regulariser log(k) - H(routing) added to the QA loss (keeps routing soft).
+
+    Example:
+
+    ```python
+    >>> from hf_memory import GMMXLNetConfig, GMMXLNetForQuestionAnswering
+    >>> config = GMMXLNetConfig(vocab_size=1000, d_model=64, n_layer=2, n_head=4, d_inner=128, memory_num_tokens=4)
+    >>> model = GMMXLNetForQuestionAnswering(config)
+    ```"""
+
+    model_type = "gmmxlnet"
+
+    memory_num_tokens: int = 16
+    num_memory_experts: int = 4
+    routing_temperature: float | int = 1.0
+    routing_mode: str = "write-based"
+    pooling_method: str = "mean"
+    expert_init_strategies: list[str] | None = None
+    load_balance_weight: float | int = 0.01
+    entropy_regularization_weight: float | int = 0.0
+
+    def __post_init__(self, **kwargs):
+        if self.expert_init_strategies is None:
+            self.expert_init_strategies = ["learned"] * self.num_memory_experts
+        self._validate_gmm_fields()
+        super().__post_init__(**kwargs)
+
+    def _validate_gmm_fields(self):
+        k = self.num_memory_experts
+        if isinstance(k, bool) or not isinstance(k, int) or not MIN_MEMORY_EXPERTS <= k <= MAX_MEMORY_EXPERTS:
+            raise ValueError(
+                f"num_memory_experts must be an integer in [{MIN_MEMORY_EXPERTS}, {MAX_MEMORY_EXPERTS}], got {k!r}."
+            )
+        if not self.routing_temperature > 0:
+            raise ValueError(f"routing_temperature must be > 0, got {self.routing_temperature}.")
+        for field, value, allowed in (
+            ("routing_mode", self.routing_mode, ROUTING_MODES),
+            ("pooling_method", self.pooling_method, POOLING_METHODS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(map(repr, allowed))}, got {value!r}.")
+        for field in ("load_balance_weight", "entropy_regularization_weight"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}.")
+        if self.memory_num_tokens <= 0:
+            raise ValueError(
+                f"memory_num_tokens must be > 0 for GMM memory (each expert needs memory slots), got "
+                f"{self.memory_num_tokens}. Fix: use memory_num_tokens=16, or MemXLNetConfig for the no-memory baseline."
+            )
+        if self.memory_impl != "token":
+            raise ValueError(
+                f"GMM memory is a standalone memory architecture; memory_impl={self.memory_impl!r} cannot be combined "
+                "with it. Fix: leave memory_impl='token' (the default)."
+            )
+        strategies = self.expert_init_strategies
+        if len(strategies) != k:
+            raise ValueError(
+                f"expert_init_strategies must have num_memory_experts={k} entries, got {len(strategies)}: {strategies}."
+            )
+        unknown = [strategy for strategy in strategies if strategy not in EXPERT_INIT_STRATEGIES]
+        if unknown:
+            raise ValueError(
+                f"Unknown expert_init_strategies {unknown}. Fix: use {', '.join(map(repr, EXPERT_INIT_STRATEGIES))}."
+            )
+
+
+def gmm_small_config(**kwargs) -> GMMXLNetConfig:
+    """k=2 experts: prototyping and small memory budgets. Keyword arguments override any field."""
+    return GMMXLNetConfig(**{"num_memory_experts": 2, **kwargs})
+
+
+def gmm_balanced_config(**kwargs) -> GMMXLNetConfig:
+    """k=4 experts: the recommended default. Keyword arguments override any field."""
+    return GMMXLNetConfig(**{"num_memory_experts": 4, **kwargs})
+
+
+def gmm_large_config(**kwargs) -> GMMXLNetConfig:
+    """k=8 experts: maximum capacity. Keyword arguments override any field."""
+    return GMMXLNetConfig(**{"num_memory_experts": 8, **kwargs})
+
+
+__all__ = ["GMMXLNetConfig", "MemXLNetConfig", "gmm_balanced_config", "gmm_large_config", "gmm_small_config"]

@@ -16,6 +16,13 @@ from transformers.models.xlnet.modeling_xlnet import XLNetModel, XLNetPreTrained
 from .configuration_memxlnet import MemXLNetConfig
 from .tokenization_memxlnet import add_memory_tokens
 
+try:  # model cards need hf_memory; checkpoints loaded as remote code work without it
+    from hf_memory.model_cards import ModelCardMixin
+except ImportError:
+
+    class ModelCardMixin:
+        """Without hf_memory, checkpoints are saved without a model card."""
+
 
 @dataclass
 class MemXLNetModelOutput(ModelOutput):
@@ -208,17 +215,26 @@ class MemXLNetDifferentiableMemory(nn.Module):
 MEMORY_IMPLEMENTATIONS = {"token": MemXLNetTokenMemory, "differentiable": MemXLNetDifferentiableMemory}
 
 
-class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
+class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
     """Holds the memory logic shared by the encoder and the task heads: read, run XLNet, write."""
 
     config: MemXLNetConfig
     config_class = MemXLNetConfig
     base_model_prefix = "transformer"
+    # Every Auto class a checkpoint can be loaded with.
+    auto_map_entries = {
+        "AutoModel": "modeling_memxlnet.MemXLNetModel",
+        "AutoModelForQuestionAnswering": "modeling_memxlnet.MemXLNetForQuestionAnswering",
+    }
 
     def __init__(self, config: MemXLNetConfig):
         super().__init__(config)
         self.transformer = XLNetModel(config)
-        self.memory = MEMORY_IMPLEMENTATIONS[config.memory_impl](config) if config.memory_num_tokens else None
+        self.memory = self._build_memory() if config.memory_num_tokens else None
+
+    def _build_memory(self) -> nn.Module:
+        """The memory module for `self.config`; subclasses with another memory (GMM) override this."""
+        return MEMORY_IMPLEMENTATIONS[self.config.memory_impl](self.config)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -272,7 +288,7 @@ class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
         self.config._validate_memory_fields()
         self.config._validate_memory_token_ids()
         reference = self.transformer.word_embedding.weight
-        self.memory = MEMORY_IMPLEMENTATIONS[self.config.memory_impl](self.config).to(reference.device, reference.dtype)
+        self.memory = self._build_memory().to(reference.device, reference.dtype)
         self.memory.apply(self._init_weights)
         return self
 
@@ -283,6 +299,11 @@ class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
         if memory_num_tokens is not None and memory_num_tokens != model.config.memory_num_tokens:
             model.enable_memory(memory_num_tokens)
         return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Records every Auto class in `auto_map` (save_pretrained itself only records the saved class)."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self.auto_map_entries}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def _check_memory_state(self, memory_state: torch.Tensor, batch_size: int):
         expected = (batch_size, *self.memory.state_shape)
@@ -299,6 +320,13 @@ class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
         ids = torch.tensor(getattr(self.config, f"mem_{kind}_token_ids"), device=input_ids.device)
         return input_ids.unsqueeze(-1) == ids
 
+    @staticmethod
+    def _gather_slot_states(slot_one_hot: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean hidden state at each memory slot's positions: (batch, m, d), plus a (batch, m) presence mask."""
+        counts = slot_one_hot.sum(1)
+        states = torch.einsum("blm,bld->bmd", slot_one_hot.to(hidden.dtype), hidden)
+        return states / counts.clamp(min=1).unsqueeze(-1).to(hidden.dtype), counts > 0
+
     def _encode(
         self,
         input_ids,
@@ -309,15 +337,21 @@ class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
         inputs_embeds,
         output_attentions,
         output_hidden_states,
+        return_memory_outputs=False,
     ):
-        """Read memory into the input, run XLNet, write the new memory. Returns (XLNet outputs, new memory)."""
+        """Read memory into the input, run XLNet, write the new memory. Returns (XLNet outputs, new memory).
+
+        A memory module whose `write` returns `(new_state, outputs_dict)` (GMM routing) gets that dict returned as a
+        third element when `return_memory_outputs=True`; one with `uses_read_states = True` also receives the
+        `[MEM_READ_i]` hidden states as `read_states`/`read_mask`.
+        """
         if self.memory is None:
             outputs = self.transformer(
                 input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
                 use_mems=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                 return_dict=True,
             )
-            return outputs, None
+            return (outputs, None, {}) if return_memory_outputs else (outputs, None)
         if input_ids is None:
             raise ValueError("MemXLNet with memory needs input_ids to locate the memory tokens. Fix: pass input_ids.")
         batch_size = input_ids.shape[0]
@@ -344,16 +378,18 @@ class MemXLNetPreTrainedModel(XLNetPreTrainedModel):
             use_mems=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        slot_one_hot = self._slot_one_hot(input_ids, "write")
-        counts = slot_one_hot.sum(1)  # (B, m)
         hidden = outputs.last_hidden_state
-        written = torch.einsum("blm,bld->bmd", slot_one_hot.to(hidden.dtype), hidden)
-        written = written / counts.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
-        new_state = self.memory.write(memory_state, written.to(memory_state.dtype), counts > 0)
+        written, written_mask = self._gather_slot_states(self._slot_one_hot(input_ids, "write"), hidden)
+        write_inputs = {}
+        if getattr(self.memory, "uses_read_states", False):
+            read_states, write_inputs["read_mask"] = self._gather_slot_states(read_one_hot, hidden)
+            write_inputs["read_states"] = read_states.to(memory_state.dtype)
+        new_state = self.memory.write(memory_state, written.to(memory_state.dtype), written_mask, **write_inputs)
+        new_state, memory_outputs = new_state if isinstance(new_state, tuple) else (new_state, {})
         if segment_mask is not None:
             keep = segment_mask.to(torch.bool).view(batch_size, *([1] * (new_state.dim() - 1)))
             new_state = torch.where(keep, new_state, memory_state)
-        return outputs, new_state
+        return (outputs, new_state, memory_outputs) if return_memory_outputs else (outputs, new_state)
 
 
 class MemXLNetModel(MemXLNetPreTrainedModel):

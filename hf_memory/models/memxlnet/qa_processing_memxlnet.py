@@ -303,7 +303,8 @@ def postprocess_qa_predictions(
     `features[i]` is document i (`example_id`, `offset_mapping`, `input_ids`, `num_segments`); `examples` have
     `id` and `context`. Returns `predictions` (id -> text, "" when the null score beats the best span by more than
     `null_score_diff_threshold`), `best_non_null` (id -> best span text), `nbest` (id -> list of dicts) and
-    `null_odds` (id -> null score minus best span score; only with `version_2_with_negative`).
+    `null_odds` (id -> null score minus best span score; only with `version_2_with_negative`). n-best entries carry the
+    answer's character offsets `start`/`end` into the context (0, 0 for the empty answer), which the QA pipeline reports.
     """
     contexts = {example["id"]: example["context"] for example in examples}
     start_logits = np.asarray(start_logits, dtype=np.float64)
@@ -325,17 +326,19 @@ def postprocess_qa_predictions(
                 "text": context[char_starts[s, a]:char_ends[s, b]],
                 "start_logit": float(doc_start[s, a]),
                 "end_logit": float(doc_end[s, b]),
+                "start": int(char_starts[s, a]),
+                "end": int(char_ends[s, b]),
             }
             for s, a, b in spans
         ]
         if not candidates:
-            candidates = [{"text": "", "start_logit": 0.0, "end_logit": 0.0}]
+            candidates = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
         best = candidates[0]
         entries = list(candidates)
         if version_2_with_negative:
             cls_positions = find_cls_positions(np.asarray(feature["input_ids"][:num_segments]), cls_token_id)
             null = null_score(doc_start, doc_end, cls_positions, null_score_reduction)
-            entries.append({"text": "", "start_logit": null / 2, "end_logit": null / 2})
+            entries.append({"text": "", "start_logit": null / 2, "end_logit": null / 2, "start": 0, "end": 0})
             entries.sort(key=lambda entry: entry["start_logit"] + entry["end_logit"], reverse=True)
             score_diff = null - best["start_logit"] - best["end_logit"]
             null_odds[example_id] = float(score_diff)

@@ -1,0 +1,131 @@
+"""Memory adapter overhead vs. its base Llama: forward time and greedy decoding tokens/s, measured in one run.
+
+Targets (issue 7): forward <= 1.25x the base model's time, decoding >= 0.8x its tokens/s, with 1,024 memory tokens
+and chapter routing. Base and adapted model are timed alternately (median of repeats) so machine load hits both.
+
+    python bench/bench_adapters.py [--quick] [--output bench/results/adapters.json]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_memory.adapters import MemoryAdapterConfig, get_memory_model
+
+
+def median_seconds(function, repeats: int) -> float:
+    function()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def bench_pair(base, adapted, input_ids, prompt, new_tokens: int, repeats: int) -> dict:
+    def forward_base():
+        with torch.no_grad(), adapted.disable_adapter():
+            base(input_ids)
+
+    def forward_adapted():
+        with torch.no_grad():
+            adapted(input_ids)
+
+    def decode_base():
+        with adapted.disable_adapter():
+            base.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def decode_adapted():
+        adapted.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    forward = {"base_s": median_seconds(forward_base, repeats), "adapter_s": median_seconds(forward_adapted, repeats)}
+    decode = {
+        "base_tokens_per_s": prompt.shape[0] * new_tokens / median_seconds(decode_base, repeats),
+        "adapter_tokens_per_s": prompt.shape[0] * new_tokens / median_seconds(decode_adapted, repeats),
+    }
+    forward["ratio"] = forward["adapter_s"] / forward["base_s"]
+    decode["ratio"] = decode["adapter_tokens_per_s"] / decode["base_tokens_per_s"]
+    return {"forward": forward, "decode": decode}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats (smoke run)")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "adapters.json"))
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    size = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4) if args.quick else dict(
+        hidden_size=512, intermediate_size=1408, num_hidden_layers=8
+    )
+    config = LlamaConfig(vocab_size=8192, num_attention_heads=8, num_key_value_heads=4, **size)
+    base = LlamaForCausalLM(config).eval()
+    batch, seq_len, new_tokens, repeats = (2, 128, 16, 3) if args.quick else (4, 256, 64, 5)
+    input_ids = torch.randint(0, config.vocab_size, (batch, seq_len))
+    prompt = torch.randint(0, config.vocab_size, (1, 32))
+
+    memory = dict(num_memory_tokens=1024, use_chapters=True, num_chapters=16, top_k_chapters=4, routing_chunk_size=64)
+    settings = {
+        "all_layers": MemoryAdapterConfig(**memory),
+        "every_other_layer": MemoryAdapterConfig(target_layers=list(range(1, config.num_hidden_layers, 2)), **memory),
+    }
+    results = {
+        "model": {"base": "LlamaForCausalLM", **size, "vocab_size": config.vocab_size, "heads": 8, "kv_heads": 4},
+        "memory": memory,
+        "forward_shape": [batch, seq_len],
+        "decode": {"prompt_tokens": prompt.shape[1], "new_tokens": new_tokens, "batch": 1, "greedy": True},
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "targets": {"forward_ratio_max": 1.25, "decode_ratio_min": 0.8},
+        "settings": {},
+    }
+    for name, adapter_config in settings.items():
+        adapted = get_memory_model(base, adapter_config)
+        with torch.no_grad():
+            for parameter in adapted.memory_parameters():
+                if parameter.dim() == 2 and not parameter.any():
+                    parameter.normal_(std=0.02)  # a trained adapter: non-zero output projection
+        measured = bench_pair(base, adapted, input_ids, prompt, new_tokens, repeats)
+        adapted.unload()
+        results["settings"][name] = {"target_layers": adapter_config.target_layers or "all", **measured}
+        print(
+            f"{name:>18}: forward {measured['forward']['ratio']:.3f}x base time "
+            f"({measured['forward']['adapter_s'] * 1e3:.1f} vs {measured['forward']['base_s'] * 1e3:.1f} ms), "
+            f"decode {measured['decode']['ratio']:.3f}x base tokens/s "
+            f"({measured['decode']['adapter_tokens_per_s']:.1f} vs {measured['decode']['base_tokens_per_s']:.1f})"
+        )
+    quantization = {}
+    adapted = get_memory_model(base, MemoryAdapterConfig(**memory))
+    with torch.no_grad():
+        for parameter in adapted.memory_parameters():
+            if parameter.dim() == 2 and not parameter.any():
+                parameter.normal_(std=0.02)
+        full = adapted(input_ids[:1]).logits
+        with adapted.disable_adapter():
+            memory_effect = (full - base(input_ids[:1]).logits).abs().max().item()
+        trained_state = {key: value.clone() for key, value in adapted.adapter_state_dict().items()}
+        adapted.unload()
+        for bits in (8, 4):
+            adapted = get_memory_model(base, MemoryAdapterConfig(**memory))
+            adapted.load_adapter_state_dict(trained_state)
+            adapted.quantize_memory(bits)
+            error = (adapted(input_ids[:1]).logits - full).abs().max().item()
+            adapted.unload()
+            quantization[f"int{bits}"] = {"max_abs_logit_error": error, "max_abs_memory_effect": memory_effect}
+            print(f"int{bits} bank: max |logit error| {error:.2e} (memory changes logits by up to {memory_effect:.2e})")
+    results["quantization"] = quantization
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()
