@@ -6,6 +6,7 @@ warning, so nothing malformed reaches the Trainer.
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def _repair_answers(context: str, answers: dict) -> tuple[dict, str | None]:
     texts, starts, issue = [], [], None
     for text, start in zip(answers["text"], answers["answer_start"]):
         if context[start:start + len(text)] != text:
-            occurrences = [i for i in range(len(context)) if context.startswith(text, i)] if text else []
+            occurrences = [match.start() for match in re.finditer(re.escape(text), context)] if text else []
             if not occurrences:
                 issue = "answer text not found in the context (answer dropped)"
                 continue

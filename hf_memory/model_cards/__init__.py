@@ -16,8 +16,7 @@ FAMILIES = {
     "memory_adapter": ("memory_adapter.md", "text-generation"),
 }
 # Metric names as the Hub's model-index expects them, for the keys our scripts write.
-HUB_METRIC_TYPES = {"exact": "exact_match", "f1": "f1", "eval_exact": "exact_match", "eval_f1": "f1",
-                    "eval_loss": "loss", "perplexity": "perplexity"}
+HUB_METRIC_TYPES = {"exact": "exact_match", "f1": "f1", "loss": "loss", "perplexity": "perplexity"}
 
 
 def _family(config) -> str:
@@ -40,7 +39,11 @@ def render_model_card(
     """The README.md text for a checkpoint: Hub metadata header, description, working usage snippets, metrics."""
     family = family or _family(config)
     template, pipeline_tag = FAMILIES[family]
-    eval_results = {name: round(float(value), 4) for name, value in (eval_results or {}).items()}
+    eval_results = {
+        name.removeprefix("eval_"): round(float(value), 4)
+        for name, value in (eval_results or {}).items()
+        if isinstance(value, (int, float))
+    }
     model_name = Path(model_id).name or model_id
     hub_results = [
         EvalResult(
@@ -80,14 +83,17 @@ def write_model_card(save_directory: str | Path, config, *, overwrite: bool = Fa
     if path.exists() and not overwrite:
         return None
     card_info.setdefault("model_id", str(save_directory))
-    card_info.setdefault("base_model", _base_model(config))
+    card_info["base_model"] = _hub_id(card_info.get("base_model")) or _hub_id(_config_origin(config))
     path.write_text(render_model_card(config, **card_info), encoding="utf-8")
     return path
 
 
-def _base_model(config) -> str | None:
+def _config_origin(config) -> str | None:
+    return getattr(config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", None)
+
+
+def _hub_id(name: str | None) -> str | None:
     """A Hub id the checkpoint was fine-tuned from, never a local path (the Hub rejects those in metadata)."""
-    name = getattr(config, "base_model_name_or_path", None) or getattr(config, "_name_or_path", None)
     if not name or Path(name).exists() or name.startswith((".", "/")):
         return None
     return name
@@ -108,3 +114,27 @@ class ModelCardMixin:
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
         write_model_card(working_dir, self.config, overwrite=True, model_id=repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
+
+class TrainerModelCardMixin:
+    """For Trainer subclasses: `create_model_card` (also run by `push_to_hub`) writes our family card with the
+    latest evaluation metrics instead of the generic Trainer card."""
+
+    def create_model_card(self, *, finetuned_from=None, dataset_tags=None, dataset=None, **kwargs):
+        if not self.is_world_process_zero():
+            return
+        evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
+        datasets = dataset_tags if isinstance(dataset_tags, list) else [dataset_tags or dataset] if (
+            dataset_tags or dataset) else None
+        write_model_card(
+            self.args.output_dir,
+            self.model.config,
+            overwrite=True,
+            model_id=self.args.hub_model_id or self.args.output_dir,
+            base_model=finetuned_from,
+            datasets=datasets,
+            eval_results={
+                name: value for name, value in (evaluations[-1] if evaluations else {}).items()
+                if name.startswith("eval_") and not name.endswith(("runtime", "per_second"))
+            },
+        )

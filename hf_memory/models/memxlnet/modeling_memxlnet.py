@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.xlnet.modeling_xlnet import XLNetModel, XLNetPreTrainedModel
+from transformers.models.xlnet.modeling_xlnet import XLNetLayer, XLNetModel, XLNetPreTrainedModel
 
 from .configuration_memxlnet import MemXLNetConfig
 from .tokenization_memxlnet import add_memory_tokens
@@ -212,6 +213,10 @@ class MemXLNetDifferentiableMemory(nn.Module):
         return torch.where(any_written, self._pack(new), state)
 
 
+class MemXLNetLayer(GradientCheckpointingLayer, XLNetLayer):
+    """XLNet's layer made checkpointable: long documents hold the activations of every segment for BPTT."""
+
+
 MEMORY_IMPLEMENTATIONS = {"token": MemXLNetTokenMemory, "differentiable": MemXLNetDifferentiableMemory}
 
 
@@ -221,6 +226,7 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
     config: MemXLNetConfig
     config_class = MemXLNetConfig
     base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
     # Every Auto class a checkpoint can be loaded with.
     auto_map_entries = {
         "AutoModel": "modeling_memxlnet.MemXLNetModel",
@@ -230,6 +236,8 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
     def __init__(self, config: MemXLNetConfig):
         super().__init__(config)
         self.transformer = XLNetModel(config)
+        for layer in self.transformer.layer:
+            layer.__class__ = MemXLNetLayer
         self.memory = self._build_memory() if config.memory_num_tokens else None
 
     def _build_memory(self) -> nn.Module:

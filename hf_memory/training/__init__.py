@@ -1,0 +1,21 @@
+"""Training of memory models: MemoryTrainer, epoch-wise schedules, argument dataclasses."""
+
+from .arguments import MemoryArguments
+from .callbacks import (
+    FreezeBaseWarmupCallback,
+    GlobalSoftmaxWarmupCallback,
+    ProgressiveSegmentsCallback,
+    SamplerEpochCallback,
+)
+from .trainer import MemoryTrainer, global_softmax_loss, per_segment_loss
+
+__all__ = [
+    "FreezeBaseWarmupCallback",
+    "GlobalSoftmaxWarmupCallback",
+    "MemoryArguments",
+    "MemoryTrainer",
+    "ProgressiveSegmentsCallback",
+    "SamplerEpochCallback",
+    "global_softmax_loss",
+    "per_segment_loss",
+]

@@ -1,0 +1,241 @@
+"""`MemoryTrainer`: the HF Trainer, running each batch of documents segment by segment with a carried memory.
+
+Batches come from `SegmentCollator` (`[batch, segments, seq_len]` + `segment_mask`). Training backpropagates
+through the memory across segments (full BPTT, or windows of `bptt_depth` segments). Evaluation and prediction
+carry the memory too, and return per-segment logits `(documents, segments, seq_len)` for the postprocessing
+(the `QuestionAnsweringTrainer` pattern of the official examples).
+"""
+
+import contextlib
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.trainer_utils import PredictionOutput, speed_metrics
+
+from ..data.collator import SegmentCountGroupedSampler
+from ..model_cards import TrainerModelCardMixin
+from .callbacks import SamplerEpochCallback
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def per_segment_loss(start_logits, end_logits, start_positions, end_positions, segment_mask, segments_per_document):
+    """Cross-entropy of each active segment weighted 1/(segments of its document), averaged over the batch.
+
+    Every document weighs the same whatever its length, and the losses of consecutive BPTT windows (slices along
+    the segment axis with the same `segments_per_document`) add up to the loss of the whole document.
+    Logits `(batch, segments, seq_len)`; labels and mask `(batch, segments)`; `segments_per_document` `(batch,)`.
+    """
+    flat = lambda tensor: tensor.reshape(-1, tensor.shape[-1]).float()  # noqa: E731
+    losses = F.cross_entropy(flat(start_logits), start_positions.reshape(-1), reduction="none")
+    losses = (losses + F.cross_entropy(flat(end_logits), end_positions.reshape(-1), reduction="none")) / 2
+    weights = segment_mask.float() / segments_per_document.clamp(min=1).unsqueeze(-1)
+    return (losses.view_as(weights) * weights).sum() / segment_mask.shape[0]
+
+
+def global_softmax_loss(start_logits, end_logits, global_start, global_end, segment_mask):
+    """One softmax over all positions of all active segments of a document (targets from `global_span_labels`)."""
+    hidden = ~segment_mask.unsqueeze(-1)
+    flat = lambda tensor: tensor.float().masked_fill(hidden, float("-inf")).flatten(1)  # noqa: E731
+    return (F.cross_entropy(flat(start_logits), global_start) + F.cross_entropy(flat(end_logits), global_end)) / 2
+
+
+class MemoryTrainer(TrainerModelCardMixin, Trainer):
+    """Trainer for memory QA models over whole documents.
+
+    Args (besides the Trainer's):
+        bptt_depth: segments per truncated-BPTT window (0 = the whole document).
+        use_global_softmax: document-level softmax loss; `global_softmax_active` (switched by
+            `GlobalSoftmaxWarmupCallback`) says whether it is on in the current epoch.
+        eval_examples: the raw examples of `eval_dataset` (ids, contexts, answers) for `post_process_function`.
+        post_process_function: `(examples, features, (start_logits, end_logits), prefix) -> EvalPrediction`.
+    """
+
+    def __init__(
+        self,
+        *args,
+        bptt_depth: int = 0,
+        use_global_softmax: bool = False,
+        eval_examples=None,
+        post_process_function=None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if bptt_depth < 0:
+            raise ValueError(f"bptt_depth must be >= 0 (0 = full BPTT), got {bptt_depth}.")
+        self.bptt_depth = bptt_depth
+        self.use_global_softmax = use_global_softmax
+        self.global_softmax_active = use_global_softmax
+        self.eval_examples = eval_examples
+        self.post_process_function = post_process_function
+        self.segment_sampler = None
+        self.add_callback(SamplerEpochCallback(self))
+
+    def _remove_unused_columns(self, dataset, description=None):
+        """Keep every column: `SegmentCollator` picks the model inputs and drops strings/offsets itself."""
+        return dataset
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        self.segment_sampler = SegmentCountGroupedSampler(
+            dataset["num_segments"],
+            self._train_batch_size,
+            seed=self.args.seed,
+            max_segments=getattr(self.data_collator, "max_segments", None),
+        )
+        return self.segment_sampler
+
+    def _run_segments(self, model, inputs, steps, memory):
+        """Forward segments `steps` of every document, carrying memory. Returns start/end logits, the memory and
+        the model's auxiliary loss (`outputs.aux_loss`, e.g. GMM routing losses) summed over `steps` divided by the
+        number of segments, so that windows add up like the span loss (0 for models without one)."""
+        starts, ends, aux_loss = [], [], 0.0
+        for step in steps:
+            outputs = model(
+                **{key: inputs[key][:, step] for key in MODEL_INPUT_KEYS if key in inputs},
+                memory_state=memory,
+                segment_mask=inputs["segment_mask"][:, step],
+            )
+            starts.append(outputs.start_logits)
+            ends.append(outputs.end_logits)
+            memory = outputs.memory_state
+            if getattr(outputs, "aux_loss", None) is not None:
+                aux_loss = aux_loss + outputs.aux_loss / inputs["input_ids"].shape[1]
+        return torch.stack(starts, 1), torch.stack(ends, 1), memory, aux_loss
+
+    def _loss(self, start_logits, end_logits, inputs, steps):
+        """Loss of the segments `steps` (all of them for the global softmax)."""
+        mask = inputs["segment_mask"][:, steps]
+        if self.global_softmax_active:
+            return global_softmax_loss(
+                start_logits, end_logits, inputs["global_start_positions"], inputs["global_end_positions"], mask
+            )
+        return per_segment_loss(
+            start_logits,
+            end_logits,
+            inputs["start_positions"][:, steps],
+            inputs["end_positions"][:, steps],
+            mask,
+            inputs["segment_mask"].sum(-1),
+        )
+
+    def _windows(self, num_steps: int) -> list[list[int]]:
+        depth = self.bptt_depth or num_steps
+        return [list(range(first, min(first + depth, num_steps))) for first in range(0, num_steps, depth)]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        windows = self._windows(inputs["input_ids"].shape[1])
+        scale = self.current_gradient_accumulation_steps
+        if self.global_softmax_active:
+            # The document loss needs every segment's logits: one backward, memory detached between windows.
+            with self.compute_loss_context_manager():
+                starts, ends, memory, aux_loss = [], [], None, 0.0
+                for steps in windows:
+                    start, end, memory, window_aux_loss = self._run_segments(model, inputs, steps, memory)
+                    memory = None if memory is None else memory.detach()
+                    starts.append(start)
+                    ends.append(end)
+                    aux_loss = aux_loss + window_aux_loss
+                all_steps = [step for steps in windows for step in steps]
+                loss = self._loss(torch.cat(starts, 1), torch.cat(ends, 1), inputs, all_steps) + aux_loss
+            loss = loss / scale
+            self.accelerator.backward(loss)
+            return loss.detach()
+        total, memory = torch.zeros((), device=self.args.device), None
+        for index, steps in enumerate(windows):
+            # Under DDP only the last window may synchronise; forward AND backward of the others sit in no_sync.
+            last = index == len(windows) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                with self.compute_loss_context_manager():
+                    start, end, memory, aux_loss = self._run_segments(model, inputs, steps, memory)
+                    loss = (self._loss(start, end, inputs, steps) + aux_loss) / scale
+                self.accelerator.backward(loss)
+            memory = None if memory is None else memory.detach()
+            total = total + loss.detach()
+        return total
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        steps = list(range(inputs["input_ids"].shape[1]))
+        with torch.no_grad(), self.compute_loss_context_manager():
+            start, end, _, _ = self._run_segments(model, inputs, steps, None)
+            loss = None
+            if "start_positions" in inputs:
+                loss = self._loss(start, end, inputs, steps).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, (start.float(), end.float()), None
+
+    @contextlib.contextmanager
+    def _all_segments(self):
+        """Evaluation sees whole documents even while the training curriculum caps the segment count."""
+        collator_cap = getattr(self.data_collator, "max_segments", None)
+        if collator_cap is not None:
+            self.data_collator.max_segments = None
+        try:
+            yield
+        finally:
+            if collator_cap is not None:
+                self.data_collator.max_segments = collator_cap
+
+    def _predict_documents(self, dataloader, description, examples, features, ignore_keys, metric_key_prefix, stage):
+        compute_metrics, self.compute_metrics = self.compute_metrics, None
+        start_time = time.time()
+        try:
+            output = self.evaluation_loop(
+                dataloader,
+                description=description,
+                prediction_loss_only=True if self.post_process_function is None else None,
+                ignore_keys=ignore_keys,
+                metric_key_prefix=metric_key_prefix,
+            )
+        finally:
+            self.compute_metrics = compute_metrics
+        metrics = dict(output.metrics)
+        total_batch_size = self.args.eval_batch_size * self.args.world_size
+        metrics.update(
+            speed_metrics(
+                metric_key_prefix,
+                start_time,
+                num_samples=output.num_samples,
+                num_steps=math.ceil(output.num_samples / total_batch_size),
+            )
+        )
+        predictions = None
+        if self.post_process_function is not None and self.args.should_save and output.predictions is not None:
+            predictions = self.post_process_function(examples, features, output.predictions, stage)
+            if self.compute_metrics is not None and predictions.label_ids is not None:
+                scores = self.compute_metrics(predictions)
+                metrics.update({f"{metric_key_prefix}_{key}": value for key, value in scores.items()})
+        return output, predictions, metrics
+
+    def evaluate(self, eval_dataset=None, eval_examples=None, ignore_keys=None, metric_key_prefix="eval"):
+        eval_dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        eval_examples = self.eval_examples if eval_examples is None else eval_examples
+        with self._all_segments():
+            dataloader = self.get_eval_dataloader(eval_dataset)
+            _, _, metrics = self._predict_documents(
+                dataloader, "Evaluation", eval_examples, eval_dataset, ignore_keys, metric_key_prefix, "eval"
+            )
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
+        return metrics
+
+    def predict(self, test_dataset, test_examples=None, ignore_keys=None, metric_key_prefix="test"):
+        with self._all_segments():
+            dataloader = self.get_test_dataloader(test_dataset)
+            output, predictions, metrics = self._predict_documents(
+                dataloader, "Prediction", test_examples, test_dataset, ignore_keys, metric_key_prefix, "predict"
+            )
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics)
+        return PredictionOutput(
+            predictions=output.predictions if predictions is None else predictions.predictions,
+            label_ids=None if predictions is None else predictions.label_ids,
+            metrics=metrics,
+        )
