@@ -164,6 +164,24 @@ def parse_config_overrides(config_class, overrides: str) -> dict:
     return {pair.split("=", 1)[0].strip(): getattr(parsed, pair.split("=", 1)[0].strip()) for pair in overrides.split(",")}
 
 
+def with_new_memory_class(model, config_class, model_class, tokenizer, memory_num_tokens, memory_options):
+    """A no-memory checkpoint as another memory architecture (e.g. GMMXLNet): its XLNet weights, fresh memory."""
+    read_ids, write_ids = add_memory_tokens(tokenizer, memory_num_tokens)
+    fields = {key: value for key, value in model.config.to_dict().items()
+              if key not in ("model_type", "architectures", "auto_map", "transformers_version")}
+    config = config_class.from_dict({
+        **fields, **memory_options, "vocab_size": max(len(tokenizer), model.config.vocab_size),
+        "memory_num_tokens": memory_num_tokens, "mem_read_token_ids": read_ids, "mem_write_token_ids": write_ids,
+    })
+    model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
+    converted = model_class(config)
+    missing, unexpected = converted.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("memory.") for name in missing):
+        raise ValueError(f"Cannot convert the checkpoint to {config_class.model_type}: unexpected weights "
+                         f"{unexpected}, missing non-memory weights {[n for n in missing if not n.startswith('memory.')]}.")
+    return converted
+
+
 def build_model(model_args, memory_args, tokenizer):
     """Load a checkpoint (adding memory when asked) or build a model from scratch; tokenizer gets memory tokens."""
     config_class, model_class = model_classes(memory_args.model_type)
@@ -188,6 +206,10 @@ def build_model(model_args, memory_args, tokenizer):
                 model_args.model_name_or_path, config=config, trust_remote_code=model_args.trust_remote_code, **hub
             )
         current = getattr(model.config, "memory_num_tokens", 0)
+        if requested and current == 0 and not isinstance(model, model_class):
+            logger.info("Building a %s model with %d memory tokens from the no-memory checkpoint %s.",
+                        memory_args.model_type, requested, model_args.model_name_or_path)
+            return with_new_memory_class(model, config_class, model_class, tokenizer, requested, memory_options)
         if requested and current == 0:
             logger.info("Adding %d memory tokens to the no-memory checkpoint %s.", requested,
                         model_args.model_name_or_path)
@@ -287,6 +309,8 @@ def main(argv: list[str] | None = None):
         with training_args.main_process_first(desc="training the tokenizer"):
             tokenizer = train_tokenizer(model_args, data_args, raw_datasets, memory_args)
     model = build_model(model_args, memory_args, tokenizer)
+    if training_args.do_train:  # the loss decides where the no-answer score lives; inference reads it from the config
+        model.config.null_score_reduction = memory_args.null_score_reduction
     read_ids, write_ids = check_tokenizer_matches(model, tokenizer)
 
     segmenting = {
@@ -323,7 +347,7 @@ def main(argv: list[str] | None = None):
             n_best_size=data_args.n_best_size,
             max_answer_length=data_args.max_answer_length,
             null_score_diff_threshold=data_args.null_score_diff_threshold,
-            null_score_reduction=memory_args.null_score_reduction,
+            null_score_reduction=model.config.null_score_reduction,
             output_dir=training_args.output_dir,
             prefix=stage,
         )

@@ -4,9 +4,10 @@ Importing the package registers every model with the transformers Auto classes, 
 `AutoModel` and the task Auto classes resolve our `model_type`s without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForQuestionAnswering
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForQuestionAnswering
 
 from .adapters import MemoryAdapterConfig, MemoryAdapterModel, create_memory_optimizer, get_memory_model
+from .models.memory_transformer import MemoryTransformerConfig, MemoryTransformerForCausalLM, MemoryTransformerModel
 from .models.memxlnet import (
     GMMXLNetConfig,
     GMMXLNetForQuestionAnswering,
@@ -22,7 +23,8 @@ from .models.memxlnet import (
     gmm_large_config,
     gmm_small_config,
 )
-from .tokenization import add_memory_tokens, get_memory_token_ids, train_xlnet_tokenizer
+from .models.memxlnet.pipeline_question_answering import MemXLNetQuestionAnsweringPipeline
+from .tokenization import add_memory_tokens, get_memory_token_ids, train_causal_lm_tokenizer, train_xlnet_tokenizer
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,9 @@ def _register_auto_classes():
     AutoModelForQuestionAnswering.register(GMMXLNetConfig, GMMXLNetForQuestionAnswering, exist_ok=True)
     GMMXLNetConfig.register_for_auto_class()
     GMMXLNetForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+    AutoConfig.register(MemoryTransformerConfig.model_type, MemoryTransformerConfig, exist_ok=True)
+    AutoModel.register(MemoryTransformerConfig, MemoryTransformerModel, exist_ok=True)
+    AutoModelForCausalLM.register(MemoryTransformerConfig, MemoryTransformerForCausalLM, exist_ok=True)
 
 
 _register_auto_classes()

@@ -95,3 +95,45 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+CAUSAL_LM_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def train_causal_lm_tokenizer(
+    files: Iterable[str | os.PathLike],
+    vocab_size: int = 8000,
+    model_max_length: int = 2048,
+    texts: Iterable[str] | None = None,
+):
+    """Train a byte-level BPE tokenizer for causal LMs (ids: `<unk>`=0, `<s>`=1, `</s>`=2, `<pad>`=3).
+
+    Byte-level BPE never produces `<unk>` and round-trips any text. Every encoded text starts with `<s>` (as Llama's
+    tokenizer does), so concatenated documents stay separated when `run_clm.py` groups them into blocks. `texts`, when
+    given, replaces `files` (e.g. the text column of a JSON dataset).
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size <= len(CAUSAL_LM_SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size must exceed 260 (256 bytes + 4 special tokens), got {vocab_size}.")
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=CAUSAL_LM_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(iter_text(files) if texts is None else texts, trainer=trainer)
+    raw.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", raw.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=model_max_length,
+    )

@@ -120,7 +120,8 @@ def test_save_and_reload_round_trip_is_exact(tmp_path):
     model = get_memory_model(base, MemoryAdapterConfig(target_layers=[-1], **CHAPTERS))
     train_memory_outputs(model)
     ids = input_ids()
-    expected = model(ids).logits
+    with torch.no_grad():  # CPU SDPA picks another kernel for inputs that require grad: compare like with like
+        expected = model(ids).logits
     model.save_pretrained(tmp_path)
 
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -132,7 +133,8 @@ def test_save_and_reload_round_trip_is_exact(tmp_path):
     assert "model.layers.0.memory_adapter.memory_block.memory_query.weight" not in weights
 
     reloaded = MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path)
-    assert torch.equal(reloaded(ids).logits, expected)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, expected)
     assert reloaded.get_nb_trainable_parameters()[0] == 0
     trainable = MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path, is_trainable=True)
     assert trainable.get_nb_trainable_parameters()[0] > 0
@@ -170,13 +172,15 @@ def test_lora_composition_saves_once_and_reloads_identically(tmp_path):
     assert not any("memory_adapter" in name and "lora_" in name for name in names)
     train_memory_outputs(model)
     ids = input_ids()
-    expected = model(ids).logits
+    with torch.no_grad():  # CPU SDPA picks another kernel for inputs that require grad: compare like with like
+        expected = model(ids).logits
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     assert json.loads((tmp_path / "adapter_config.json").read_text())["lora_config"]["r"] == 4
 
     reloaded = MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path)
-    assert torch.equal(reloaded(ids).logits, expected)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, expected)
     with reloaded.disable_adapter():
         assert torch.equal(reloaded(ids).logits, tiny_model()(ids).logits)
 

@@ -72,3 +72,18 @@ def test_push_to_hub_uploads_code_config_weights_and_our_card(monkeypatch, tmp_p
             for line in content.decode().splitlines():
                 if line.strip().startswith("from .") and " import " in line:
                     assert line.strip().split()[1][1:] + ".py" in files, line
+
+
+def test_memory_adapter_card_names_the_base_model(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_memory import MemoryAdapterConfig, get_memory_model
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    model = get_memory_model(base, MemoryAdapterConfig(base_model_name_or_path="meta-llama/Llama-3.2-1B"))
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert front_matter(card)["base_model"] == "meta-llama/Llama-3.2-1B"
+    assert 'AutoModelForCausalLM.from_pretrained("meta-llama/Llama-3.2-1B")' in card
+    assert f'MemoryAdapterModel.from_pretrained(base, "{tmp_path}")' in card

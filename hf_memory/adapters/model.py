@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import PushToHubMixin
 
+from ..model_cards import ModelCardMixin, write_model_card
 from ..models.memory_transformer.modeling_memory_transformer import MemoryTransformerCache
 from .config import ADAPTER_WEIGHTS_NAME, MemoryAdapterConfig
 from .layer import (
@@ -63,7 +64,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     )
 
 
-class MemoryAdapterModel(nn.Module, PushToHubMixin):
+class MemoryAdapterModel(ModelCardMixin, nn.Module, PushToHubMixin):
     """
     A pretrained causal LM with memory cross-attention injected into its decoder layers (see [`MemoryAdapterConfig`]).
 
@@ -233,6 +234,9 @@ class MemoryAdapterModel(nn.Module, PushToHubMixin):
                 state[name] = tensor.detach().contiguous()
         return state
 
+    def _card_config(self):
+        return self.peft_config
+
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> None:
         """Writes `adapter_config.json` and `adapter_model.safetensors` (never the base model's weights)."""
         if any(layer.is_quantized for layer in memory_adapter_layers(self.base_model)):
@@ -242,6 +246,7 @@ class MemoryAdapterModel(nn.Module, PushToHubMixin):
         os.makedirs(save_directory, exist_ok=True)
         self.peft_config.save_pretrained(save_directory)
         save_file(self.adapter_state_dict(), os.path.join(save_directory, ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        write_model_card(save_directory, self._card_config())
 
     @classmethod
     def from_pretrained(

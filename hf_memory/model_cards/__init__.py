@@ -19,10 +19,19 @@ FAMILIES = {
 HUB_METRIC_TYPES = {"exact": "exact_match", "f1": "f1", "loss": "loss", "perplexity": "perplexity"}
 
 
+def card_family(config) -> str | None:
+    """Our model family a config belongs to, or None for models that get the generic card."""
+    if getattr(config, "peft_type", None) == "MEMORY_ADAPTER":
+        return "memory_adapter"
+    family = getattr(config, "model_type", None)
+    return family if family in FAMILIES else None
+
+
 def _family(config) -> str:
-    family = getattr(config, "model_type", None) or getattr(config, "memory_type", None)
-    if family not in FAMILIES:
-        raise ValueError(f"No model card template for {family!r}. Known families: {', '.join(FAMILIES)}.")
+    family = card_family(config)
+    if family is None:
+        name = getattr(config, "model_type", None)
+        raise ValueError(f"No model card template for {name!r}. Known families: {', '.join(FAMILIES)}.")
     return family
 
 
@@ -106,13 +115,16 @@ class ModelCardMixin:
     rewritten (with the repo id in the usage snippets) at the last step, `_upload_modified_files`.
     """
 
+    def _card_config(self):
+        return self.config
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_model_card(save_directory, self.config)
+            write_model_card(save_directory, self._card_config())
 
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        write_model_card(working_dir, self.config, overwrite=True, model_id=repo_id)
+        write_model_card(working_dir, self._card_config(), overwrite=True, model_id=repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
 
@@ -121,6 +133,11 @@ class TrainerModelCardMixin:
     latest evaluation metrics instead of the generic Trainer card."""
 
     def create_model_card(self, *, finetuned_from=None, dataset_tags=None, dataset=None, **kwargs):
+        config = getattr(self.model, "peft_config", None) or self.model.config
+        if card_family(config) is None:
+            return super().create_model_card(
+                finetuned_from=finetuned_from, dataset_tags=dataset_tags, dataset=dataset, **kwargs
+            )
         if not self.is_world_process_zero():
             return
         evaluations = [entry for entry in self.state.log_history if any(k.startswith("eval_") for k in entry)]
@@ -128,7 +145,7 @@ class TrainerModelCardMixin:
             dataset_tags or dataset) else None
         write_model_card(
             self.args.output_dir,
-            self.model.config,
+            config,
             overwrite=True,
             model_id=self.args.hub_model_id or self.args.output_dir,
             base_model=finetuned_from,

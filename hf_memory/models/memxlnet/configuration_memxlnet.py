@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 MEMORY_INITS = ("learned", "zeros")
 MEMORY_UPDATES = ("gated", "none")
 MEMORY_IMPLS = ("token", "differentiable")
+NULL_SCORE_REDUCTIONS = ("min", "last")
 # `pipeline("question-answering", model=<checkpoint>, trust_remote_code=True)` resolves the task through this entry.
 QUESTION_ANSWERING_PIPELINE = {
     "impl": "pipeline_question_answering.MemXLNetQuestionAnsweringPipeline",
@@ -51,6 +52,10 @@ class MemXLNetConfig(XLNetConfig):
             Vocabulary ids of `[MEM_READ_0..m-1]`. Defaults to the m ids after the base vocabulary.
         mem_write_token_ids (`list[int]`, *optional*):
             Vocabulary ids of `[MEM_WRITE_0..m-1]`. Defaults to the m ids after the read ids.
+        null_score_reduction (`str`, *optional*, defaults to `"min"`):
+            Which segment's `<cls>` score is a document's no-answer score at inference: `"min"` over segments (as
+            the official run_qa, for per-segment training) or `"last"` (the last segment, which has read the whole
+            document; set by run_qa.py for global-softmax training). Used by run_qa.py and the QA pipeline.
 
     When the token ids are not given, `vocab_size` is grown by 2m so that the memory tokens appended by
     `hf_memory.add_memory_tokens` to a tokenizer of the base vocabulary line up with the embedding matrix.
@@ -75,6 +80,7 @@ class MemXLNetConfig(XLNetConfig):
     memory_use_temporal_links: bool = True
     mem_read_token_ids: list[int] | None = None
     mem_write_token_ids: list[int] | None = None
+    null_score_reduction: str = "min"
 
     def __post_init__(self, **kwargs):
         self._validate_memory_fields()
@@ -101,6 +107,7 @@ class MemXLNetConfig(XLNetConfig):
             ("memory_init", self.memory_init, MEMORY_INITS),
             ("memory_update", self.memory_update, MEMORY_UPDATES),
             ("memory_impl", self.memory_impl, MEMORY_IMPLS),
+            ("null_score_reduction", self.null_score_reduction, NULL_SCORE_REDUCTIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"Unknown {field}={value!r}. Fix: use one of {', '.join(map(repr, allowed))}.")

@@ -1,0 +1,274 @@
+"""MemoryTransformer benchmark: training and KV-cache decoding speed vs LlamaForCausalLM, and a quality check.
+
+1. Training tokens/s (forward + backward + AdamW step) of a MemoryTransformer with memory in every layer (1,024 memory
+   tokens, 16 chapters, top-4) vs LlamaForCausalLM of the same dimensions. Target >= 0.75x.
+2. Greedy decoding tokens/s with KV cache (`generate`), same pair of models. Target >= 0.8x.
+3. Quality: a memory model vs the vanilla control (`vanilla_mode=True`, identical backbone) trained on the same
+   TinyStories blocks in the same order for the same number of steps; validation loss side by side (and wall-clock).
+
+Speeds are measured in one run, interleaving the two models and taking medians. Results are printed and saved to
+bench/results/memory_transformer.json. Default settings take a few minutes on a 2-core CPU.
+
+    python bench/bench_memory_transformer.py [--quick] [--device cuda]
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from hf_memory.models.memory_transformer import MemoryTransformerConfig, MemoryTransformerForCausalLM  # noqa: E402
+from hf_memory.tokenization import train_causal_lm_tokenizer  # noqa: E402
+
+DATA_DIR = Path(os.environ.get("HF_MEMORY_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def backbone_fields(args) -> dict:
+    return dict(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+
+
+def memory_fields(args) -> dict:
+    return dict(
+        num_memory_tokens=args.num_memory_tokens,
+        use_chapters=True,
+        num_chapters=args.num_chapters,
+        top_k_chapters=args.top_k,
+        routing_chunk_size=args.routing_chunk_size,
+        memory_layer_placement="all",
+    )
+
+
+def build_pair(args):
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(**backbone_fields(args), attn_implementation="sdpa"))
+    torch.manual_seed(0)
+    memory = MemoryTransformerForCausalLM(
+        MemoryTransformerConfig(**backbone_fields(args), **memory_fields(args), attn_implementation="sdpa")
+    )
+    return {"llama": llama.to(args.device), "memory": memory.to(args.device)}
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def training_step_seconds(model, optimizer, input_ids, device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    loss = model(input_ids, labels=input_ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def bench_training(models, args) -> dict:
+    input_ids = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    for model in models.values():
+        model.train()
+    times = {name: [] for name in models}
+    for round_idx in range(args.warmup_steps + args.train_steps):
+        for name, model in models.items():
+            seconds = training_step_seconds(model, optimizers[name], input_ids, args.device)
+            if round_idx >= args.warmup_steps:
+                times[name].append(seconds)
+    tokens = args.batch_size * args.seq_len
+    result = {f"{name}_tokens_per_s": tokens / statistics.median(values) for name, values in times.items()}
+    result["ratio"] = result["memory_tokens_per_s"] / result["llama_tokens_per_s"]
+    return result
+
+
+@torch.no_grad()
+def bench_decoding(models, args) -> dict:
+    prompt = torch.randint(0, args.vocab_size, (args.decode_batch_size, args.prompt_len), device=args.device)
+    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+    for model in models.values():
+        model.eval()
+        model.generate(prompt, **dict(kwargs, max_new_tokens=4, min_new_tokens=4))
+    times = {name: [] for name in models}
+    for _ in range(args.decode_repeats):
+        for name, model in models.items():
+            synchronize(args.device)
+            start = time.perf_counter()
+            model.generate(prompt, **kwargs)
+            synchronize(args.device)
+            times[name].append(time.perf_counter() - start)
+    tokens = args.decode_batch_size * args.new_tokens
+    result = {f"{name}_tokens_per_s": tokens / statistics.median(values) for name, values in times.items()}
+    result["ratio"] = result["memory_tokens_per_s"] / result["llama_tokens_per_s"]
+    return result
+
+
+def load_blocks(tokenizer, path: Path, block_size: int) -> torch.Tensor:
+    ids = tokenizer(path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n\n"))["input_ids"]
+    flat = torch.tensor([token for doc in ids for token in doc])
+    usable = (len(flat) // block_size) * block_size
+    return flat[:usable].view(-1, block_size)
+
+
+def train_and_evaluate(model, train_blocks, valid_blocks, args) -> dict:
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.quality_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 10))
+    model.train()
+    start = time.perf_counter()
+    for step in range(args.quality_steps):
+        rows = torch.arange(step * args.quality_batch, (step + 1) * args.quality_batch) % len(train_blocks)
+        batch = train_blocks[rows].to(args.device)
+        model(batch, labels=batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    train_seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        losses = [
+            model(chunk.to(args.device), labels=chunk.to(args.device)).loss.item()
+            for chunk in valid_blocks.split(args.quality_batch)
+        ]
+    return {"valid_loss": sum(losses) / len(losses), "train_seconds": train_seconds}
+
+
+def bench_quality(args) -> dict:
+    text = DATA_DIR / "text" / "tinystories-valid-head.txt"
+    if not text.is_file():
+        return {"skipped": f"{text} not found (set HF_MEMORY_DATA)"}
+    stories = text.read_text(encoding="utf-8").split("\n\n")
+    split = int(len(stories) * 0.9)
+    train_path, valid_path = Path(args.tmp_dir) / "bench_train.txt", Path(args.tmp_dir) / "bench_valid.txt"
+    train_path.write_text("\n\n".join(stories[:split]), encoding="utf-8")
+    valid_path.write_text("\n\n".join(stories[split:]), encoding="utf-8")
+    tokenizer = train_causal_lm_tokenizer([train_path], vocab_size=args.quality_vocab_size)
+    train_blocks = load_blocks(tokenizer, train_path, args.quality_block_size)
+    valid_blocks = load_blocks(tokenizer, valid_path, args.quality_block_size)[: args.quality_valid_blocks]
+    backbone = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=args.quality_hidden_size,
+        intermediate_size=int(args.quality_hidden_size * 8 / 3) // 8 * 8,
+        num_hidden_layers=args.quality_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    memory = dict(
+        num_memory_tokens=args.quality_memory_tokens,
+        use_chapters=True,
+        num_chapters=args.quality_chapters,
+        top_k_chapters=args.quality_top_k,
+        routing_chunk_size=args.quality_chunk_size,
+    )
+    results = {"train_tokens": args.quality_steps * args.quality_batch * args.quality_block_size,
+               "valid_tokens": valid_blocks.numel(), "train_blocks_available": len(train_blocks)}
+    for name, extra in (("vanilla", dict(vanilla_mode=True)), ("memory", memory)):
+        torch.manual_seed(0)
+        model = MemoryTransformerForCausalLM(MemoryTransformerConfig(**backbone, **extra)).to(args.device)
+        results[name] = train_and_evaluate(model, train_blocks, valid_blocks, args)
+        results[name]["parameters"] = sum(p.numel() for p in model.parameters())
+    results["valid_loss_delta_memory_minus_vanilla"] = results["memory"]["valid_loss"] - results["vanilla"]["valid_loss"]
+    return results
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--vocab_size", type=int, default=8192)
+    parser.add_argument("--hidden_size", type=int, default=512)
+    parser.add_argument("--intermediate_size", type=int, default=1376)
+    parser.add_argument("--num_layers", type=int, default=4)
+    parser.add_argument("--num_heads", type=int, default=8)
+    parser.add_argument("--num_kv_heads", type=int, default=4)
+    parser.add_argument("--num_memory_tokens", type=int, default=1024)
+    parser.add_argument("--num_chapters", type=int, default=16)
+    parser.add_argument("--top_k", type=int, default=4)
+    parser.add_argument("--routing_chunk_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--warmup_steps", type=int, default=2)
+    parser.add_argument("--train_steps", type=int, default=6)
+    parser.add_argument("--decode_batch_size", type=int, default=1)
+    parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--decode_repeats", type=int, default=3)
+    parser.add_argument("--quality_steps", type=int, default=120)
+    parser.add_argument("--quality_batch", type=int, default=16)
+    parser.add_argument("--quality_block_size", type=int, default=128)
+    parser.add_argument("--quality_valid_blocks", type=int, default=64)
+    parser.add_argument("--quality_vocab_size", type=int, default=2048)
+    parser.add_argument("--quality_hidden_size", type=int, default=128)
+    parser.add_argument("--quality_layers", type=int, default=2)
+    parser.add_argument("--quality_memory_tokens", type=int, default=1024)
+    parser.add_argument("--quality_chapters", type=int, default=16)
+    parser.add_argument("--quality_top_k", type=int, default=4)
+    parser.add_argument("--quality_chunk_size", type=int, default=32)
+    parser.add_argument("--quality_lr", type=float, default=3e-3)
+    parser.add_argument("--skip_quality", action="store_true")
+    parser.add_argument("--tmp_dir", default="/tmp")
+    parser.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "memory_transformer.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.hidden_size, args.intermediate_size, args.num_layers, args.seq_len, args.batch_size = 128, 344, 2, 128, 4
+        args.train_steps, args.new_tokens, args.decode_repeats, args.quality_steps = 3, 16, 2, 20
+    return args
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = build_pair(args)
+    report = {
+        "settings": vars(args),
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                        "device": args.device},
+    }
+    report["training"] = bench_training(models, args)
+    print(f"training tokens/s  llama {report['training']['llama_tokens_per_s']:.0f}  memory "
+          f"{report['training']['memory_tokens_per_s']:.0f}  ratio {report['training']['ratio']:.3f} (target >= 0.75)")
+    report["decoding"] = bench_decoding(models, args)
+    print(f"decoding tokens/s  llama {report['decoding']['llama_tokens_per_s']:.1f}  memory "
+          f"{report['decoding']['memory_tokens_per_s']:.1f}  ratio {report['decoding']['ratio']:.3f} (target >= 0.8)")
+    report["targets_met"] = {"training": report["training"]["ratio"] >= 0.75, "decoding": report["decoding"]["ratio"] >= 0.8}
+    if not args.skip_quality:
+        report["quality"] = bench_quality(args)
+        quality = report["quality"]
+        if "skipped" in quality:
+            print("quality:", quality["skipped"])
+        else:
+            print(f"quality (TinyStories, {quality['train_tokens']} train tokens): valid loss vanilla "
+                  f"{quality['vanilla']['valid_loss']:.4f} ({quality['vanilla']['train_seconds']:.0f}s)  memory "
+                  f"{quality['memory']['valid_loss']:.4f} ({quality['memory']['train_seconds']:.0f}s)  delta "
+                  f"{quality['valid_loss_delta_memory_minus_vanilla']:+.4f}; perplexity "
+                  f"{math.exp(quality['vanilla']['valid_loss']):.2f} vs {math.exp(quality['memory']['valid_loss']):.2f}")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2, default=str))
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,744 @@
+"""MemoryTransformer: a Llama-style causal LM whose layers read learnable memory banks through cross-attention.
+
+Remote code: this file is copied next to checkpoints by `save_pretrained`; it imports only `transformers`, `torch` and
+its sibling `configuration_memory_transformer`.
+
+Reusable memory API (also used by the memory adapters for pretrained Llama/Qwen2/Mistral models): every module below
+takes a `MemoryTransformerConfig`, which only needs the host's `hidden_size`, `num_attention_heads`,
+`num_key_value_heads`, `rms_norm_eps`, `initializer_range` and the memory fields.
+
+- `build_memory_bank(config)` -> a `MemoryTransformerMemoryBank` (standard | factorized | reduced_dim); calling it
+  returns the `(num_memory_tokens, config.memory_dim)` memory vectors.
+- `MemoryTransformerChapterRouter(config)`: causal chunk routing over the routed chapters.
+- `MemoryTransformerMemoryBlock(config, layer_idx)`: pre-norm memory cross-attention sublayer;
+  `delta, router_logits = block(hidden_states, memory_bank, attention_mask=None, memory_cache=None)` and the caller
+  adds `delta` to the residual stream. Its output projection is zero-initialised, so it is an exact no-op at init.
+- `MemoryCache`: what a memory layer keeps between forward calls of one generation: projected memory keys/values (one
+  projection per layer per cache, reused by every decoding step) and the causal routing state. Keep one next to the
+  KV cache (`MemoryTransformerCache` is a `DynamicCache` that carries one).
+- `memory_router_statistics(router_logits, top_k, attention_mask)` -> load-balance loss, z-loss and chapter usage.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+
+from .configuration_memory_transformer import MemoryTransformerConfig
+
+try:  # model cards need hf_memory; checkpoints loaded as remote code work without it
+    from hf_memory.model_cards import ModelCardMixin
+except ImportError:
+
+    class ModelCardMixin:
+        """Without hf_memory, checkpoints are saved without a model card."""
+
+
+class MemoryTransformerRMSNorm(LlamaRMSNorm):
+    pass
+
+
+class MemoryTransformerRotaryEmbedding(nn.Module):
+    """Default RoPE with `config.rope_theta` (Llama's rotate-half layout)."""
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__()
+        self.config = config
+        self.rope_type = "default"
+        inv_freq, self.attention_scaling = self.compute_default_rope_parameters(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: MemoryTransformerConfig, **kwargs) -> tuple[torch.Tensor, float]:
+        dim = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Memory banks
+
+
+class MemoryTransformerMemoryBank(nn.Module):
+    """Learnable memory vectors. Calling the bank returns them as a `(num_memory_tokens, config.memory_dim)` tensor."""
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__()
+        self.num_memory_tokens = config.num_memory_tokens
+        self.memory_dim = config.memory_dim
+        self.init_std = config.memory_init_std
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryTransformerStandardMemoryBank(MemoryTransformerMemoryBank):
+    """A full `(num_memory_tokens, hidden_size)` matrix."""
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__(config)
+        self.memory = nn.Parameter(torch.empty(self.num_memory_tokens, self.memory_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init.normal_(self.memory, mean=0.0, std=self.init_std)
+
+    def forward(self) -> torch.Tensor:
+        return self.memory
+
+
+class MemoryTransformerFactorizedMemoryBank(MemoryTransformerMemoryBank):
+    """`M = A B^T` with rank `memory_rank`: `(N + d) r` parameters instead of `N d`.
+
+    `B` is initialised with std `1/sqrt(r)` so the product has elementwise std `memory_init_std`.
+    """
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__(config)
+        self.rank = config.memory_rank
+        self.coefficients = nn.Parameter(torch.empty(self.num_memory_tokens, self.rank))
+        self.basis = nn.Parameter(torch.empty(self.memory_dim, self.rank))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        init.normal_(self.coefficients, mean=0.0, std=self.init_std)
+        init.normal_(self.basis, mean=0.0, std=self.rank**-0.5)
+
+    def forward(self) -> torch.Tensor:
+        return self.coefficients @ self.basis.T
+
+
+class MemoryTransformerReducedDimMemoryBank(MemoryTransformerStandardMemoryBank):
+    """Vectors of width `memory_rank`; the memory attention then runs in that width (`config.memory_dim`)."""
+
+
+MEMORY_BANK_CLASSES = {
+    "standard": MemoryTransformerStandardMemoryBank,
+    "factorized": MemoryTransformerFactorizedMemoryBank,
+    "reduced_dim": MemoryTransformerReducedDimMemoryBank,
+}
+
+
+def build_memory_bank(config: MemoryTransformerConfig) -> MemoryTransformerMemoryBank:
+    """The bank selected by `config.memory_bank_type`."""
+    return MEMORY_BANK_CLASSES[config.memory_bank_type](config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Memory state kept across forward calls (generation)
+
+
+@dataclass
+class MemoryRoutingState:
+    """Causal routing summary of every position a memory layer has processed so far.
+
+    query_sum / query_count: sum and number of the routing queries of non-padding tokens, `(batch, d)` / `(batch, 1)`.
+    chunk_logits: router logits of the chunk the next position may continue, `(batch, num_routed_chapters)`.
+    num_positions: positions processed so far (padding included), which fixes where the next chunk starts.
+    """
+
+    query_sum: torch.Tensor
+    query_count: torch.Tensor
+    chunk_logits: torch.Tensor
+    num_positions: int
+
+    def index_batch(self, indices: torch.Tensor) -> "MemoryRoutingState":
+        return MemoryRoutingState(
+            self.query_sum.index_select(0, indices),
+            self.query_count.index_select(0, indices),
+            self.chunk_logits.index_select(0, indices),
+            self.num_positions,
+        )
+
+
+class MemoryCache:
+    """Memory-side state of one generation, kept next to the KV cache.
+
+    key_values[layer_idx]: the layer's projected memory keys and values, `(chapters, tokens_per_chapter, heads,
+    head_dim)` each. They depend only on parameters, so they are projected once, on the first forward that uses this
+    cache, and reused by every later decoding step (parameters do not change during a generation).
+    routing_states[layer_idx]: a `MemoryRoutingState` (batch-dependent; follows beam reordering).
+    """
+
+    def __init__(self):
+        self.key_values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.routing_states: dict[int, MemoryRoutingState] = {}
+
+    def index_batch(self, indices: torch.Tensor) -> None:
+        """Keep (and reorder) the batch rows `indices`, as beam search and batch selection do with the KV cache."""
+        self.routing_states = {
+            layer: state.index_batch(indices.to(state.query_sum.device)) for layer, state in self.routing_states.items()
+        }
+
+    def reset(self) -> None:
+        self.key_values.clear()
+        self.routing_states.clear()
+
+
+class MemoryTransformerCache(DynamicCache):
+    """A `DynamicCache` that also carries the `MemoryCache` of the memory layers (`.memory_cache`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory_cache = MemoryCache()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self.memory_cache.index_batch(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self.memory_cache.index_batch(indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        if self.memory_cache.routing_states:
+            batch_size = next(iter(self.memory_cache.routing_states.values())).query_sum.shape[0]
+            self.memory_cache.index_batch(torch.arange(batch_size).repeat_interleave(repeats))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.memory_cache.routing_states:
+            raise ValueError(
+                "MemoryTransformerCache cannot be cropped: the causal routing state of the memory layers cannot be "
+                "rolled back. Fix: do not use assisted/speculative decoding with routed memory (use_chapters=True)."
+            )
+        super().crop(tokens_to_remove)
+
+    def reset(self) -> None:
+        super().reset()
+        self.memory_cache.reset()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Chapter routing
+
+
+def memory_router_statistics(
+    router_logits: tuple[torch.Tensor, ...], top_k: int, attention_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Router losses and usage over all memory layers, counting every non-padding token once per layer.
+
+    router_logits: one `(batch, seq_len, num_routed_chapters)` tensor per memory layer (the logits each token's chunk was
+    routed with). Returns `load_balance_loss` (Switch-style `C/k * sum_i f_i P_i`: 1.0 for perfectly balanced routing,
+    up to `C/k` when collapsed; differentiable through `P`), `z_loss` (mean squared logsumexp) and `chapter_fraction`
+    (`(layers, C)`, the share of routing choices per chapter, summing to 1 per layer).
+    """
+    logits = torch.stack([layer_logits.float() for layer_logits in router_logits])
+    num_chapters = logits.shape[-1]
+    if attention_mask is None:
+        token_weight = torch.ones(logits.shape[1:3], device=logits.device)
+    else:
+        token_weight = attention_mask[:, -logits.shape[2] :].to(device=logits.device, dtype=torch.float32)
+    token_weight = (token_weight / token_weight.sum().clamp(min=1.0))[None, :, :, None]
+    probs = logits.softmax(-1)
+    selected = torch.zeros_like(probs).scatter_(-1, logits.topk(top_k, dim=-1).indices, 1.0)
+    chapter_fraction = (selected * token_weight).sum((1, 2)) / top_k
+    mean_probs = (probs * token_weight).sum((1, 2))
+    load_balance = num_chapters * (chapter_fraction * mean_probs).sum(-1).mean()
+    z_loss = (logits.logsumexp(-1, keepdim=True).square() * token_weight).sum((1, 2, 3)).mean()
+    return {"load_balance_loss": load_balance, "z_loss": z_loss, "chapter_fraction": chapter_fraction}
+
+
+class MemoryTransformerChapterRouter(nn.Module):
+    """Chooses chapters per routing chunk from a causal mean of routing queries.
+
+    Chunk `j` covers positions `[j c, (j + 1) c)` with `c = config.routing_chunk_size`. Its logits are
+    `gate(mean of the routing queries of the non-padding tokens at positions <= j c)`, so no token is routed with
+    information from a later position or from padding, and a cached, token-by-token decode computes the same routing as
+    a full forward.
+    """
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__()
+        self.chunk_size = config.routing_chunk_size
+        self.top_k = config.top_k_chapters
+        self.num_shared_chapters = config.num_shared_chapters
+        self.gate = nn.Linear(config.hidden_size, config.num_routed_chapters, bias=False)
+
+    def forward(
+        self,
+        routing_queries: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        state: MemoryRoutingState | None = None,
+    ) -> tuple[torch.Tensor, MemoryRoutingState]:
+        """Per-token chunk logits `(batch, seq_len, num_routed_chapters)` and the state after these tokens.
+
+        routing_queries: `(batch, seq_len, hidden)` for the new tokens; token_mask: `(batch, seq_len)`, 1 = real token;
+        state: the state after the previous tokens of these sequences (`None` = they are the first tokens).
+        """
+        batch_size, seq_len, hidden = routing_queries.shape
+        device = routing_queries.device
+        mask = torch.ones(batch_size, seq_len, 1, device=device)
+        if token_mask is not None:
+            mask = token_mask.to(device=device, dtype=torch.float32)[..., None]
+        if state is None:
+            offset = 0
+            past_sum = torch.zeros(batch_size, hidden, device=device)
+            past_count = torch.zeros(batch_size, 1, device=device)
+            past_logits = torch.zeros(batch_size, self.gate.out_features, device=device)
+        else:
+            offset, past_sum, past_count, past_logits = (
+                state.num_positions,
+                state.query_sum,
+                state.query_count,
+                state.chunk_logits,
+            )
+        prefix_sum = past_sum[:, None] + torch.cumsum(routing_queries.float() * mask, dim=1)
+        prefix_count = past_count[:, None] + torch.cumsum(mask, dim=1)
+        prefix_mean = prefix_sum / prefix_count.clamp(min=1.0)
+        decision_logits = self.gate(prefix_mean.to(self.gate.weight.dtype))
+        positions = torch.arange(offset, offset + seq_len, device=device)
+        # Index 0 is the chunk that started before this call; index i + 1 is the decision made at new token i.
+        source = (positions - positions % self.chunk_size - offset + 1).clamp(min=0)
+        candidates = torch.cat([past_logits[:, None].to(decision_logits.dtype), decision_logits], dim=1)
+        token_logits = candidates[:, source]
+        new_state = MemoryRoutingState(prefix_sum[:, -1], prefix_count[:, -1], token_logits[:, -1], offset + seq_len)
+        return token_logits, new_state
+
+    def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chapter ids `(..., S + k)` (shared chapters first) and their mixing weights (shared 1, routed top-k
+        probabilities renormalised to sum to 1, as in Mixtral)."""
+        top_logits, top_ids = logits.float().topk(self.top_k, dim=-1)
+        weights = top_logits.softmax(-1)
+        ids = top_ids + self.num_shared_chapters
+        if self.num_shared_chapters:
+            shared_ids = torch.arange(self.num_shared_chapters, device=ids.device).expand(*ids.shape[:-1], -1)
+            ids = torch.cat([shared_ids, ids], dim=-1)
+            weights = torch.cat([torch.ones_like(shared_ids, dtype=weights.dtype), weights], dim=-1)
+        return ids, weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Memory cross-attention block
+
+
+class MemoryTransformerZeroInitLinear(nn.Linear):
+    """Memory output projection: zero-initialised when `config.zero_init_memory_output` (block is a no-op at init)."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool, std: float):
+        self.zero_init = zero_init
+        self.init_std = std
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        if self.zero_init:
+            init.zeros_(self.weight)
+        else:
+            init.normal_(self.weight, mean=0.0, std=self.init_std)
+
+
+class MemoryTransformerMemoryBlock(nn.Module):
+    """Pre-norm cross-attention from the token stream to a memory bank; returns a residual update.
+
+    Queries: `memory_query(RMSNorm(hidden_states))`. Keys/values: `memory_key` / `memory_value` of the (RMS-normalised)
+    memory vectors, projected once per forward, or once per `MemoryCache`. Without chapters every token attends to the
+    whole bank. With chapters, each routing chunk attends to its shared chapters (weight 1) and its top-k routed
+    chapters (renormalised router probabilities) in one softmax where each chapter's logits get a `log(weight)` bias,
+    so the router is trained by the language-model loss. Only the selected chapters' keys/values are gathered.
+
+    The sub-module names (`memory_query`, `memory_key`, `memory_value`, `memory_output`) deliberately differ from the
+    usual LoRA targets (`q_proj`, `v_proj`, ...).
+    """
+
+    def __init__(self, config: MemoryTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.memory_num_attention_heads
+        self.num_key_value_heads = config.memory_num_key_value_heads
+        self.head_dim = config.memory_head_dim
+        self.num_chapters = config.num_chapters if config.use_chapters else 1
+        self.memory_rms_norm = config.memory_rms_norm
+        self.norm_eps = config.rms_norm_eps
+        self.dropout = config.memory_dropout
+        self.memory_layernorm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.memory_query = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.memory_key = nn.Linear(config.memory_dim, self.num_key_value_heads * self.head_dim, bias=False)
+        self.memory_value = nn.Linear(config.memory_dim, self.num_key_value_heads * self.head_dim, bias=False)
+        self.memory_output = MemoryTransformerZeroInitLinear(
+            self.num_heads * self.head_dim, config.hidden_size, config.zero_init_memory_output, config.initializer_range
+        )
+        self.router = MemoryTransformerChapterRouter(config) if config.use_chapters else None
+        for projection in (self.memory_query, self.memory_key, self.memory_value):
+            init.normal_(projection.weight, mean=0.0, std=config.initializer_range)
+        if self.router is not None:
+            init.normal_(self.router.gate.weight, mean=0.0, std=config.initializer_range)
+
+    def project_memory(self, memory_bank: MemoryTransformerMemoryBank) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the whole bank, `(chapters, tokens_per_chapter, heads, head_dim)` each."""
+        memory = memory_bank()
+        if self.memory_rms_norm:
+            memory = memory * torch.rsqrt(memory.float().pow(2).mean(-1, keepdim=True) + self.norm_eps).to(memory.dtype)
+        groups = self.num_heads // self.num_key_value_heads
+        shape = (self.num_chapters, -1, self.num_key_value_heads, self.head_dim)
+        keys = self.memory_key(memory).view(shape).repeat_interleave(groups, dim=2)
+        values = self.memory_value(memory).view(shape).repeat_interleave(groups, dim=2)
+        return keys, values
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        memory_bank: MemoryTransformerMemoryBank,
+        attention_mask: torch.Tensor | None = None,
+        memory_cache: MemoryCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns `(delta, router_logits)`.
+
+        hidden_states: `(batch, seq_len, hidden)`, the new tokens only. attention_mask: `(batch, seq_len)` padding mask
+        of these tokens (1 = real); padding never influences routing. memory_cache: state shared with earlier calls of
+        the same generation (`None` = the tokens start their sequences and nothing is kept). delta: `(batch, seq_len,
+        hidden)` to add to the residual stream. router_logits: `(batch, seq_len, num_routed_chapters)` or `None`
+        without chapters.
+        """
+        if memory_cache is not None and self.layer_idx in memory_cache.key_values:
+            keys, values = memory_cache.key_values[self.layer_idx]
+        else:
+            keys, values = self.project_memory(memory_bank)
+            if memory_cache is not None:
+                memory_cache.key_values[self.layer_idx] = (keys, values)
+        batch_size, seq_len, _ = hidden_states.shape
+        normed = self.memory_layernorm(hidden_states)
+        query = self.memory_query(normed).view(batch_size, seq_len, self.num_heads, self.head_dim)
+        dropout = self.dropout if self.training else 0.0
+        if self.router is None:
+            attended = F.scaled_dot_product_attention(
+                query.transpose(1, 2),
+                keys[0].transpose(0, 1).expand(batch_size, -1, -1, -1),
+                values[0].transpose(0, 1).expand(batch_size, -1, -1, -1),
+                dropout_p=dropout,
+            ).transpose(1, 2)
+            return self.memory_output(attended.reshape(batch_size, seq_len, -1)), None
+        state = memory_cache.routing_states.get(self.layer_idx) if memory_cache is not None else None
+        router_logits, new_state = self.router(normed, attention_mask, state)
+        if memory_cache is not None:
+            memory_cache.routing_states[self.layer_idx] = new_state
+        offset = state.num_positions if state is not None else 0
+        attended = self._attend_chapters(query, keys, values, router_logits, offset, dropout)
+        return self.memory_output(attended.reshape(batch_size, seq_len, -1)), router_logits
+
+    def _attend_chapters(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        router_logits: torch.Tensor,
+        offset: int,
+        dropout: float,
+    ) -> torch.Tensor:
+        """Group the new tokens by routing chunk, gather each chunk's chapters and attend to them jointly.
+
+        Memory attention ignores token positions, so the tokens of one chunk are packed into a group of
+        `min(chunk_size, seq_len)` query slots that share the gathered keys/values. The chapter weights enter as a
+        `log(weight)` bias on that chapter's logits (one softmax over all selected tokens, each chapter's attention mass
+        scaled by its weight), which is how the router receives gradient from the language-model loss.
+        """
+        batch_size, seq_len, num_heads, head_dim = query.shape
+        chunk_size = self.router.chunk_size
+        device = query.device
+        positions = torch.arange(offset, offset + seq_len, device=device)
+        segment = positions // chunk_size - offset // chunk_size
+        num_segments = (offset + seq_len - 1) // chunk_size - offset // chunk_size + 1
+        group_len = min(chunk_size, seq_len)
+        slot = positions % chunk_size - torch.where(segment == 0, offset % chunk_size, 0)
+        flat_slot = segment * group_len + slot
+        segment_first_token = (torch.arange(num_segments, device=device) * chunk_size - offset % chunk_size).clamp(min=0)
+        chapter_ids, weights = self.router.select(router_logits[:, segment_first_token])
+        num_groups, num_selected = batch_size * num_segments, chapter_ids.shape[-1]
+        # Training (aligned chunks) and decoding (one segment) need no packing: the slots are already in token order.
+        in_order = num_segments == 1 or (offset % chunk_size == 0 and seq_len % chunk_size == 0)
+        grouped = query
+        if not in_order:
+            grouped = query.new_zeros(batch_size, num_segments * group_len, num_heads, head_dim)
+            grouped = grouped.index_copy(1, flat_slot, query)
+        grouped = grouped.reshape(num_groups, group_len, num_heads, head_dim).transpose(1, 2)
+        flat_ids = chapter_ids.flatten()
+        selected_keys = keys.index_select(0, flat_ids).view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
+        selected_values = values.index_select(0, flat_ids).view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
+        tokens_per_chapter = keys.shape[1]
+        log_weights = weights.clamp(min=torch.finfo(weights.dtype).tiny).log().to(query.dtype)
+        bias = log_weights.view(num_groups, 1, 1, num_selected, 1).expand(-1, -1, -1, -1, tokens_per_chapter)
+        attended = F.scaled_dot_product_attention(
+            grouped, selected_keys, selected_values, attn_mask=bias.reshape(num_groups, 1, 1, -1), dropout_p=dropout
+        )
+        attended = attended.transpose(1, 2).reshape(batch_size, num_segments * group_len, num_heads, head_dim)
+        return attended if in_order else attended.index_select(1, flat_slot)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backbone
+
+
+class MemoryTransformerDecoderLayer(GradientCheckpointingLayer):
+    """Llama decoder layer plus, on memory layers, a memory sublayer (variant A: SA -> memory -> MLP; variant B:
+    SA -> MLP -> memory -> MLP)."""
+
+    def __init__(self, config: MemoryTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(config=config, layer_idx=layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.variant = config.memory_block_variant
+        has_memory = layer_idx in config.get_memory_layer_indices()
+        self.memory_block = MemoryTransformerMemoryBlock(config, layer_idx) if has_memory else None
+        self.memory_bank_index = config.get_memory_bank_index(layer_idx) if has_memory else None
+        if has_memory and self.variant == "B":
+            self.post_memory_layernorm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.post_memory_mlp = LlamaMLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        memory_bank: MemoryTransformerMemoryBank | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        memory_cache = getattr(past_key_values, "memory_cache", None)
+        router_logits = None
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = residual + hidden_states
+        if self.memory_block is not None and self.variant == "A":
+            delta, router_logits = self.memory_block(hidden_states, memory_bank, token_mask, memory_cache)
+            hidden_states = hidden_states + delta
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        if self.memory_block is not None and self.variant == "B":
+            delta, router_logits = self.memory_block(hidden_states, memory_bank, token_mask, memory_cache)
+            hidden_states = hidden_states + delta
+            hidden_states = hidden_states + self.post_memory_mlp(self.post_memory_layernorm(hidden_states))
+        return hidden_states, router_logits
+
+
+class MemoryTransformerPreTrainedModel(ModelCardMixin, PreTrainedModel):
+    config: MemoryTransformerConfig
+    config_class = MemoryTransformerConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MemoryTransformerDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (MemoryTransformerZeroInitLinear, MemoryTransformerMemoryBank)):
+            module.reset_parameters()
+        else:
+            super()._init_weights(module)
+
+
+class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
+    """Embeddings, decoder layers and final norm; owns the memory banks shared between memory layers."""
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__(config)
+        config.validate_architecture()
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [MemoryTransformerDecoderLayer(config, layer_idx) for layer_idx in range(config.num_hidden_layers)]
+        )
+        self.memory_banks = nn.ModuleList([build_memory_bank(config) for _ in range(config.num_memory_banks)])
+        self.norm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = MemoryTransformerRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_router_logits is None:
+            output_router_logits = self.config.output_router_logits
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = MemoryTransformerCache(config=self.config)
+        if len(self.memory_banks) and past_key_values is not None:
+            if not isinstance(past_key_values, MemoryTransformerCache):
+                raise ValueError(
+                    f"past_key_values is a {type(past_key_values).__name__}, but memory layers must keep their routing "
+                    "state and projected memory next to the KV cache. Fix: pass MemoryTransformerCache(config=config) "
+                    "or let the model create one (use_cache=True)."
+                )
+        if position_ids is None:
+            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
+            position_ids = position_ids.unsqueeze(0)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        token_mask = None
+        if attention_mask is not None and attention_mask.dim() == 2:
+            token_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        all_router_logits = ()
+        for decoder_layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            memory_bank = None
+            if decoder_layer.memory_bank_index is not None:
+                memory_bank = self.memory_banks[decoder_layer.memory_bank_index]
+            hidden_states, router_logits = decoder_layer(
+                hidden_states,
+                memory_bank=memory_bank,
+                attention_mask=causal_mask,
+                token_mask=token_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            if router_logits is not None:
+                all_router_logits += (router_logits,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            router_logits=all_router_logits if output_router_logits and all_router_logits else None,
+        )
+
+
+class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationMixin):
+    """MemoryTransformer with a language-modelling head. With chapters and `output_router_logits`, the weighted router
+    losses (`aux_loss`) are added to the loss in training mode, so `eval_loss` stays the pure cross-entropy."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MemoryTransformerConfig):
+        super().__init__(config)
+        self.model = MemoryTransformerModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        auto_map = dict(getattr(config, "auto_map", None) or {})
+        auto_map.setdefault("AutoModel", "modeling_memory_transformer.MemoryTransformerModel")
+        config.auto_map = auto_map
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        aux_loss = None
+        if outputs.router_logits is not None:
+            stats = memory_router_statistics(outputs.router_logits, self.config.top_k_chapters, attention_mask)
+            aux_loss = (
+                self.config.router_aux_loss_coef * stats["load_balance_loss"]
+                + self.config.router_z_loss_coef * stats["z_loss"]
+            )
+            if loss is not None and self.training:
+                loss = loss + aux_loss.to(loss.device)
+        return MoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            router_logits=outputs.router_logits,
+        )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Let `generate()` use a `MemoryTransformerCache` where it would create a plain `DynamicCache`."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = model_kwargs.get("past_key_values")
+        if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
+            model_kwargs["past_key_values"] = MemoryTransformerCache(config=self.config.get_text_config(decoder=True))
+
+
+MemoryTransformerConfig.register_for_auto_class()
+MemoryTransformerModel.register_for_auto_class("AutoModel")
+MemoryTransformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "MemoryCache",
+    "MemoryRoutingState",
+    "MemoryTransformerCache",
+    "MemoryTransformerChapterRouter",
+    "MemoryTransformerFactorizedMemoryBank",
+    "MemoryTransformerForCausalLM",
+    "MemoryTransformerMemoryBank",
+    "MemoryTransformerMemoryBlock",
+    "MemoryTransformerModel",
+    "MemoryTransformerPreTrainedModel",
+    "MemoryTransformerReducedDimMemoryBank",
+    "MemoryTransformerStandardMemoryBank",
+    "build_memory_bank",
+    "memory_router_statistics",
+]

@@ -1,0 +1,440 @@
+#!/usr/bin/env python
+"""Train and evaluate causal language models (MemoryTransformer or any `AutoModelForCausalLM`) with the Trainer.
+
+Flags follow transformers' official `examples/pytorch/language-modeling/run_clm.py`, plus:
+`--train_tokenizer_vocab_size N` (train a byte-level BPE tokenizer on the training text when no tokenizer is given),
+`--memory_learning_rate` (separate optimizer group for memory banks/blocks/routers) and router statistics in the logs.
+Arguments come from the command line or from a single `.json` / `.yaml` file.
+
+    python run_clm.py --model_type memory_transformer --config_overrides "hidden_size=256,use_chapters=True" \
+        --train_file ../shared/data/text/tinystories-valid-head.txt --train_tokenizer_vocab_size 4000 \
+        --block_size 256 --do_train --do_eval --output_dir runs/clm --memory_learning_rate 1e-3
+"""
+
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from hf_memory.model_cards import TrainerModelCardMixin
+from hf_memory.models.memory_transformer import (
+    MemoryTransformerConfig,
+    MemoryTransformerForCausalLM,
+    MemoryTransformerModel,
+    memory_router_statistics,
+)
+from hf_memory.tokenization import train_causal_lm_tokenizer
+
+logger = logging.getLogger(__name__)
+
+MEMORY_PARAMETER_MARKERS = ("memory_banks.", "memory_block.")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint to start from. Leave unset to train from scratch."}
+    )
+    model_type: str | None = field(
+        default=None, metadata={"help": "Model type when training from scratch, e.g. memory_transformer or llama."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "From scratch only: 'key=value,...' config fields, e.g. 'hidden_size=256,use_chapters=True'."},
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer name or path, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloads from the Hub."})
+    use_fast_tokenizer: bool = field(default=True, metadata={"help": "Use a fast (tokenizers-backed) tokenizer."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub/folder."})
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "dtype to load the model in.", "choices": ["auto", "bfloat16", "float16", "float32"]},
+    )
+    train_tokenizer_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Without tokenizer_name/model_name_or_path: train a byte-level BPE of this size on the train text."},
+    )
+
+    def __post_init__(self):
+        if self.config_overrides is not None and (self.config_name is not None or self.model_name_or_path is not None):
+            raise ValueError("--config_overrides can't be used with --config_name or --model_name_or_path.")
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset name for datasets.load_dataset."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .txt, .json or .jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .txt, .json or .jsonl."})
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the text (default: 'text' if present, else the first column)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training blocks to this many."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation blocks to this many."})
+    block_size: int | None = field(
+        default=None, metadata={"help": "Tokens per training block (default: min(model_max_length, 1024))."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached preprocessing."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "Share of the train split held out when there is no validation split."}
+    )
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
+    keep_linebreaks: bool = field(default=True, metadata={"help": "Keep line breaks when reading .txt files."})
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.train_file is None and self.validation_file is None:
+            raise ValueError("Need --dataset_name or --train_file/--validation_file.")
+        for path in (self.train_file, self.validation_file):
+            if path is not None and path.rsplit(".", 1)[-1] not in ("txt", "json", "jsonl"):
+                raise ValueError(f"{path}: --train_file/--validation_file must be a .txt, .json or .jsonl file.")
+
+
+@dataclass
+class MemoryArguments:
+    memory_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of memory banks, memory blocks and routers (default: --learning_rate)."},
+    )
+    memory_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Train a memory adapter on the frozen --model_name_or_path: 'default' (MemoryAdapterConfig()), or a "
+            "directory / adapter_config.json of hf_memory.MemoryAdapterConfig. The adapter is saved in --output_dir."
+        },
+    )
+    memory_adapter_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Adapter hyper-parameters, e.g. 'num_memory_tokens=256,use_chapters=true,num_chapters=8'."},
+    )
+    lora_r: int | None = field(default=None, metadata={"help": "Also train PEFT LoRA of this rank (with --memory_adapter)."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="q_proj,v_proj", metadata={"help": "Comma-separated LoRA targets."})
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments, MemoryArguments]:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments, MemoryArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def register_memory_transformer() -> None:
+    """Make `--model_type memory_transformer` and the Auto classes work whether or not `hf_memory` registered them."""
+    if "memory_transformer" not in CONFIG_MAPPING:
+        AutoConfig.register("memory_transformer", MemoryTransformerConfig)
+        transformers.AutoModel.register(MemoryTransformerConfig, MemoryTransformerModel)
+        AutoModelForCausalLM.register(MemoryTransformerConfig, MemoryTransformerForCausalLM)
+
+
+def is_memory_parameter(name: str) -> bool:
+    return any(marker in name for marker in MEMORY_PARAMETER_MARKERS)
+
+
+class MemoryLMTrainer(TrainerModelCardMixin, Trainer):
+    """Trainer with a separate learning rate for memory parameters and router statistics in the training logs."""
+
+    def __init__(self, *args, memory_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.memory_learning_rate = memory_learning_rate
+        self._router_sums: dict[str, float] = {}
+        self._router_steps = 0
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """Four groups: (memory | base) x (decay | no decay). Memory banks are never weight-decayed."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is not None or self.memory_learning_rate is None:
+            return super().create_optimizer(model)
+        decay_names = set(self.get_decay_parameter_names(opt_model))
+        groups = {}
+        for name, param in opt_model.named_parameters():
+            if not param.requires_grad:
+                continue
+            memory = is_memory_parameter(name)
+            decay = name in decay_names and "memory_banks." not in name
+            groups.setdefault((memory, decay), []).append(param)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decay else 0.0,
+                "lr": self.memory_learning_rate if memory else self.args.learning_rate,
+            }
+            for (memory, decay), params in sorted(groups.items())
+        ]
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """A memory adapter saves only its adapter files (the frozen base model is not copied)."""
+        if getattr(self.model, "peft_config", None) is None or isinstance(self.model, PreTrainedModel):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        self.model.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        router_logits = outputs.get("router_logits") if isinstance(outputs, dict) else None
+        if model.training and router_logits:
+            self._accumulate_router_statistics(router_logits, inputs.get("attention_mask"))
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _accumulate_router_statistics(self, router_logits, attention_mask) -> None:
+        top_k = self.model.config.top_k_chapters
+        stats = memory_router_statistics(tuple(t.detach() for t in router_logits), top_k, attention_mask)
+        fraction = stats["chapter_fraction"].clamp(min=1e-12)
+        entropy = -(fraction * fraction.log()).sum(-1) / math.log(fraction.shape[-1])
+        values = {
+            "router_load_balance": stats["load_balance_loss"].item(),
+            "router_z_loss": stats["z_loss"].item(),
+            "router_usage_entropy": entropy.mean().item(),
+            "router_max_chapter_fraction": stats["chapter_fraction"].max(-1).values.mean().item(),
+        }
+        for key, value in values.items():
+            self._router_sums[key] = self._router_sums.get(key, 0.0) + value
+        self._router_steps += 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._router_steps:
+            logs.update({key: round(total / self._router_steps, 4) for key, total in self._router_sums.items()})
+            self._router_sums, self._router_steps = {}, 0
+        super().log(logs, start_time)
+
+
+def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> datasets.DatasetDict:
+    if data_args.dataset_name is not None:
+        raw = datasets.load_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, token=model_args.token
+        )
+        builder, data_files, builder_kwargs = None, None, {}
+    else:
+        data_files = {}
+        if data_args.train_file is not None:
+            data_files["train"] = data_args.train_file
+        if data_args.validation_file is not None:
+            data_files["validation"] = data_args.validation_file
+        extension = next(iter(data_files.values())).rsplit(".", 1)[-1]
+        builder = "text" if extension == "txt" else "json"
+        builder_kwargs = {"keep_linebreaks": data_args.keep_linebreaks} if builder == "text" else {}
+        raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir, **builder_kwargs)
+    if "validation" not in raw and "train" in raw:
+        held_out = data_args.validation_split_percentage
+        split = raw["train"].train_test_split(test_size=held_out / 100, seed=0, shuffle=False)
+        raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+    return raw
+
+
+def build_config(model_args: ModelArguments):
+    common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    if model_args.config_name:
+        return AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code, **common)
+    if model_args.model_name_or_path:
+        return AutoConfig.from_pretrained(
+            model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code, **common
+        )
+    if model_args.model_type is None:
+        raise ValueError("Pass --model_name_or_path, --config_name or --model_type (e.g. memory_transformer).")
+    config = CONFIG_MAPPING[model_args.model_type]()
+    if model_args.config_overrides:
+        logger.info(f"Overriding config: {model_args.config_overrides}")
+        config.update_from_string(model_args.config_overrides)
+        overridden = [item.split("=", 1)[0] for item in model_args.config_overrides.split(",")]
+        # Rebuild so derived defaults (head_dim, num_key_value_heads, ...) follow the overrides and get validated.
+        config = type(config)(**{key: getattr(config, key) for key in overridden})
+    return config
+
+
+def build_tokenizer(model_args: ModelArguments, raw_datasets: datasets.DatasetDict, text_column: str, output_dir: str):
+    common = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
+    source = model_args.tokenizer_name or model_args.model_name_or_path
+    if source:
+        return AutoTokenizer.from_pretrained(
+            source, use_fast=model_args.use_fast_tokenizer, trust_remote_code=model_args.trust_remote_code, **common
+        )
+    if not model_args.train_tokenizer_vocab_size:
+        raise ValueError("No tokenizer: pass --tokenizer_name, --model_name_or_path or --train_tokenizer_vocab_size N.")
+    texts = (text for text in raw_datasets["train"][text_column] if text and text.strip())
+    tokenizer = train_causal_lm_tokenizer([], model_args.train_tokenizer_vocab_size, texts=texts)
+    tokenizer.save_pretrained(output_dir)
+    logger.info(f"Trained a {len(tokenizer)}-token byte-level BPE tokenizer on the training text.")
+    return tokenizer
+
+
+def build_model(model_args: ModelArguments, memory_args: MemoryArguments, config, tokenizer) -> PreTrainedModel:
+    """The one place that decides which model is trained (memory adapters / LoRA plug in here)."""
+    if model_args.model_name_or_path:
+        dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            dtype=dtype,
+        )
+    else:
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+            tokenizer.pad_token_id,
+            tokenizer.bos_token_id,
+            tokenizer.eos_token_id,
+        )
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info(f"Training a new model from scratch: {n_params / 2**20:.2f}M parameters")
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if memory_args.memory_adapter is not None or memory_args.lora_r is not None:
+        from hf_memory.adapters.run_clm_support import build_memory_adapter_model
+
+        return build_memory_adapter_model(model, model_args, memory_args)
+    return model
+
+
+def tokenize_and_group(raw_datasets, tokenizer, text_column: str, block_size: int, data_args, training_args):
+    def tokenize_function(examples):
+        return tokenizer(examples[text_column])
+
+    def group_texts(examples):
+        concatenated = {key: list(chain(*examples[key])) for key in examples}
+        total_length = (len(concatenated[next(iter(examples))]) // block_size) * block_size
+        result = {
+            key: [tokens[i : i + block_size] for i in range(0, total_length, block_size)]
+            for key, tokens in concatenated.items()
+        }
+        result["labels"] = [list(block) for block in result["input_ids"]]
+        return result
+
+    with training_args.main_process_first(desc="tokenize and group"):
+        tokenized = raw_datasets.map(
+            tokenize_function,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            remove_columns=raw_datasets["train"].column_names,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc="Running tokenizer on dataset",
+        )
+        return tokenized.map(
+            group_texts,
+            batched=True,
+            num_proc=data_args.preprocessing_num_workers,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc=f"Grouping texts in chunks of {block_size}",
+        )
+
+
+def preprocess_logits_for_metrics(logits, labels):
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def compute_metrics(eval_preds):
+    """Next-token accuracy on non-ignored labels (computed locally; no Hub metric needed)."""
+    predictions, labels = eval_preds
+    labels, predictions = labels[:, 1:].reshape(-1), predictions[:, :-1].reshape(-1)
+    keep = labels != -100
+    return {"accuracy": float(np.mean(predictions[keep] == labels[keep]))}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, training_args, memory_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    register_memory_transformer()
+    set_seed(training_args.seed)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+
+    raw_datasets = load_raw_datasets(data_args, model_args)
+    column_names = raw_datasets["train"].column_names
+    text_column = data_args.text_column_name or ("text" if "text" in column_names else column_names[0])
+    config = build_config(model_args)
+    tokenizer = build_tokenizer(model_args, raw_datasets, text_column, training_args.output_dir)
+    model = build_model(model_args, memory_args, config, tokenizer)
+
+    block_size = data_args.block_size or min(tokenizer.model_max_length, 1024)
+    if block_size > tokenizer.model_max_length:
+        logger.warning(f"block_size {block_size} exceeds model_max_length {tokenizer.model_max_length}.")
+    lm_datasets = tokenize_and_group(raw_datasets, tokenizer, text_column, block_size, data_args, training_args)
+    train_dataset = lm_datasets["train"]
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
+    eval_dataset = lm_datasets["validation"]
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+
+    trainer = MemoryLMTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics if training_args.do_eval else None,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics if training_args.do_eval else None,
+        memory_learning_rate=memory_args.memory_learning_rate,
+    )
+    metrics = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_samples"] = len(eval_dataset)
+        eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else float("inf")
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    card_kwargs = {"finetuned_from": model_args.model_name_or_path, "tasks": "text-generation"}
+    if data_args.dataset_name is not None:
+        card_kwargs["dataset"] = data_args.dataset_name
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card_kwargs)
+    else:
+        trainer.create_model_card(**card_kwargs)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

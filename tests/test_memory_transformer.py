@@ -1,0 +1,268 @@
+"""MemoryTransformer: config validation, causal routing, caching/generation, gradients, save/load, remote code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_memory.models.memory_transformer import (
+    MemoryCache,
+    MemoryTransformerCache,
+    MemoryTransformerConfig,
+    MemoryTransformerForCausalLM,
+    MemoryTransformerMemoryBlock,
+    build_memory_bank,
+    memory_router_statistics,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> MemoryTransformerConfig:
+    fields = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_memory_tokens=64,
+        use_chapters=True,
+        num_chapters=8,
+        top_k_chapters=2,
+        num_shared_chapters=1,
+        routing_chunk_size=4,
+        zero_init_memory_output=False,
+        pad_token_id=0,
+    )
+    fields.update(overrides)
+    return MemoryTransformerConfig(**fields)
+
+
+def tiny_model(**overrides) -> MemoryTransformerForCausalLM:
+    torch.manual_seed(0)
+    return MemoryTransformerForCausalLM(tiny_config(**overrides)).eval()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(top_k_chapters=8), "top_k_chapters"),
+        (dict(num_memory_tokens=60), "num_memory_tokens"),
+        (dict(memory_block_variant="C"), "memory_block_variant"),
+        (dict(memory_bank_type="lowrank"), "memory_bank_type"),
+        (dict(memory_layer_placement="custom", memory_layer_indices=[0, 5]), "memory_layer_indices"),
+        (dict(memory_layer_placement="custom", memory_layer_indices=[1, 1]), "memory_layer_indices"),
+        (dict(memory_layer_placement="all", memory_layer_indices=[0]), "memory_layer_indices"),
+        (dict(memory_sharing="grouped"), "memory_sharing"),
+        (dict(num_shared_chapters=8), "num_shared_chapters"),
+        (dict(routing_chunk_size=0), "routing_chunk_size"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+def test_placement_and_sharing_resolution():
+    config = tiny_config(num_hidden_layers=6, memory_layer_placement="every_n", memory_layer_n=2,
+                         memory_sharing="every_k_layers", memory_sharing_k=2)
+    assert config.get_memory_layer_indices() == [0, 2, 4]
+    assert [config.get_memory_bank_index(i) for i in (0, 2, 4)] == [0, 0, 1]
+    assert tiny_config(num_hidden_layers=6, memory_layer_placement="last_k", memory_layer_k=2).get_memory_layer_indices() == [4, 5]
+    per_layer = MemoryTransformerForCausalLM(tiny_config(num_hidden_layers=3, memory_sharing="per_layer"))
+    assert len(per_layer.model.memory_banks) == 3
+    vanilla = MemoryTransformerForCausalLM(tiny_config(vanilla_mode=True))
+    assert len(vanilla.model.memory_banks) == 0
+    assert not any("memory" in name for name, _ in vanilla.named_parameters())
+
+
+def test_zero_initialised_memory_is_an_exact_no_op():
+    memory_model = tiny_model(zero_init_memory_output=True)
+    vanilla = MemoryTransformerForCausalLM(tiny_config(vanilla_mode=True)).eval()
+    missing = vanilla.load_state_dict(memory_model.state_dict(), strict=False)
+    assert not missing.missing_keys
+    input_ids = torch.randint(1, 97, (2, 9))
+    assert torch.equal(memory_model(input_ids).logits, vanilla(input_ids).logits)
+
+
+@pytest.mark.parametrize("bank_type", ["standard", "factorized", "reduced_dim"])
+@pytest.mark.parametrize("variant", ["A", "B"])
+def test_gradients_reach_memory_router_and_projections(bank_type, variant):
+    model = tiny_model(memory_bank_type=bank_type, memory_rank=16, memory_block_variant=variant).train()
+    input_ids = torch.randint(1, 97, (2, 10))
+    model(input_ids, labels=input_ids).loss.backward()
+    grads = {name: param.grad for name, param in model.named_parameters() if "memory" in name or "router" in name}
+    assert any("memory_banks" in name for name in grads)
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_routing_never_sees_future_tokens():
+    model = tiny_model()
+    input_ids = torch.randint(1, 97, (2, 14))
+    changed = input_ids.clone()
+    changed[:, 9:] = torch.randint(1, 97, (2, 5))
+    out, out_changed = model(input_ids), model(changed)
+    assert torch.equal(out.logits[:, :9], out_changed.logits[:, :9])
+    assert torch.equal(out.router_logits[1][:, :9], out_changed.router_logits[1][:, :9])
+    assert not torch.equal(out.logits[:, 9:], out_changed.logits[:, 9:])
+
+
+def test_padding_never_influences_real_tokens():
+    model = tiny_model()
+    input_ids = torch.randint(1, 97, (2, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :5] = 0
+    repadded = input_ids.clone()
+    repadded[0, :5] = torch.randint(1, 97, (5,))
+    logits = model(input_ids, attention_mask=attention_mask).logits
+    logits_repadded = model(repadded, attention_mask=attention_mask).logits
+    assert torch.allclose(logits[0, 5:], logits_repadded[0, 5:], atol=1e-6)
+    assert torch.equal(logits[1], logits_repadded[1])
+
+
+def test_incremental_decoding_matches_full_forward():
+    model = tiny_model()
+    input_ids = torch.randint(1, 97, (2, 13))
+    full = model(input_ids, use_cache=False).logits
+    cache = MemoryTransformerCache(config=model.config)
+    pieces = [model(input_ids[:, a:b], past_key_values=cache).logits for a, b in ((0, 5), (5, 6), (6, 10), (10, 13))]
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(use_chapters=False), dict(vanilla_mode=True)])
+def test_generate_with_cache_equals_generate_without(overrides):
+    model = tiny_model(**overrides)
+    prompt = torch.randint(1, 97, (1, 6))
+    with_cache = model.generate(prompt, max_new_tokens=15, do_sample=False)
+    without_cache = model.generate(prompt, max_new_tokens=15, do_sample=False, use_cache=False)
+    assert with_cache.shape[1] == 21
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_batched_left_padded_generation_matches_no_cache():
+    model = tiny_model()
+    input_ids = torch.randint(1, 97, (2, 7))
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[0, :3], attention_mask[0, :3] = 0, 0
+    kwargs = dict(attention_mask=attention_mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(input_ids, **kwargs), model.generate(input_ids, use_cache=False, **kwargs))
+
+
+def test_memory_is_projected_once_per_generation():
+    model = tiny_model()
+    calls = []
+    for layer in model.model.layers:
+        layer.memory_block.memory_key.register_forward_hook(lambda *args: calls.append(1))
+    model.generate(torch.randint(1, 97, (1, 5)), max_new_tokens=8, do_sample=False)
+    assert len(calls) == model.config.num_hidden_layers
+    calls.clear()
+    model(torch.randint(1, 97, (1, 5)), use_cache=False)
+    assert len(calls) == model.config.num_hidden_layers
+
+
+def test_gradient_checkpointing_gives_same_loss_and_gradients():
+    input_ids = torch.randint(1, 97, (2, 11))
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        loss = model(input_ids, labels=input_ids).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-6), name
+
+
+def test_load_balance_loss_is_one_when_balanced_and_trains_the_router():
+    num_chapters, top_k = 8, 2
+    balanced = torch.eye(num_chapters).repeat(1, 4, 1) * 5.0  # every chapter picked equally often
+    stats = memory_router_statistics((balanced,), top_k)
+    assert torch.allclose(stats["chapter_fraction"].sum(-1), torch.ones(1))
+    collapsed = torch.zeros(1, 8, num_chapters)
+    collapsed[..., :top_k] = 10.0
+    collapsed.requires_grad_(True)
+    collapsed_stats = memory_router_statistics((collapsed,), top_k)
+    assert collapsed_stats["load_balance_loss"] > 3.5  # near C/k = 4 when collapsed
+    assert 0.9 < memory_router_statistics((torch.zeros(1, 8, num_chapters),), top_k)["load_balance_loss"] <= 1.01
+    collapsed_stats["load_balance_loss"].backward()
+    assert collapsed.grad.abs().sum() > 0
+    model = tiny_model().train()
+    input_ids = torch.randint(1, 97, (2, 10))
+    out = model(input_ids, labels=input_ids)
+    model.eval()
+    out_eval = model(input_ids, labels=input_ids)
+    assert torch.allclose(out.loss - out.aux_loss, out_eval.loss, atol=1e-6)
+
+
+def test_memory_block_standalone_for_adapters():
+    config = MemoryTransformerConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=2,
+                                     num_memory_tokens=32, use_chapters=True, num_chapters=4, top_k_chapters=2)
+    bank = build_memory_bank(config)
+    block = MemoryTransformerMemoryBlock(config, layer_idx=3)
+    hidden = torch.randn(2, 7, 48, requires_grad=True)
+    delta, router_logits = block(hidden, bank, attention_mask=torch.ones(2, 7))
+    assert torch.equal(delta, torch.zeros_like(delta))
+    assert router_logits.shape == (2, 7, 4)
+    delta.sum().backward()
+    assert block.memory_output.weight.grad.abs().sum() > 0
+    cache = MemoryCache()
+    with torch.no_grad():
+        block.memory_output.weight.normal_()
+        full, _ = block(hidden, bank)
+        steps = [block(hidden[:, i : i + 1], bank, memory_cache=cache)[0] for i in range(7)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    assert set(cache.key_values) == {3}
+
+
+def test_save_load_round_trip_and_auto_map(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_memory_transformer.MemoryTransformerConfig",
+        "AutoModel": "modeling_memory_transformer.MemoryTransformerModel",
+        "AutoModelForCausalLM": "modeling_memory_transformer.MemoryTransformerForCausalLM",
+    }
+    assert (tmp_path / "modeling_memory_transformer.py").is_file()
+    assert (tmp_path / "configuration_memory_transformer.py").is_file()
+    reloaded = MemoryTransformerForCausalLM.from_pretrained(tmp_path).eval()
+    input_ids = torch.randint(1, 97, (2, 9))
+    assert torch.equal(model(input_ids).logits, reloaded(input_ids).logits)
+
+
+def test_trust_remote_code_loading_without_hf_memory(tmp_path):
+    model = tiny_model()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    input_ids = torch.randint(1, 97, (2, 9))
+    torch.save({"input_ids": input_ids, "logits": model(input_ids).logits}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hf_memory"] = None
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        model = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert torch.equal(model(expected["input_ids"]).logits, expected["logits"])
+        base = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert type(base).__name__ == "MemoryTransformerModel"
+        print("REMOTE_OK")
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
