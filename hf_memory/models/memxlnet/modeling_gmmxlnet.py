@@ -16,7 +16,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .configuration_memxlnet import GMMXLNetConfig
-from .modeling_memxlnet import MemXLNetPreTrainedModel, span_loss
+from .modeling_memxlnet import MemXLNetForQuestionAnswering, MemXLNetPreTrainedModel
 
 
 @dataclass
@@ -218,65 +218,28 @@ class GMMXLNetPreTrainedModel(MemXLNetPreTrainedModel):
             init.zeros_(module.update_bias)
 
 
-class GMMXLNetForQuestionAnswering(GMMXLNetPreTrainedModel):
-    """Extractive QA over one segment, carrying k expert memories to the next segment."""
+class GMMXLNetForQuestionAnswering(GMMXLNetPreTrainedModel, MemXLNetForQuestionAnswering):
+    """Extractive QA over one segment, carrying k expert memories to the next segment.
 
-    def __init__(self, config: GMMXLNetConfig):
-        super().__init__(config)
-        self.qa_outputs = nn.Linear(config.d_model, 2)
-        self.post_init()
+    `memory_state` has shape `(batch_size, num_memory_experts + 1, memory_num_tokens, d_model)`: the experts, then
+    the aggregated memory the next segment reads. The weighted routing losses (`aux_loss`) are part of `loss`, and
+    rows masked by `segment_mask` add nothing to them.
+    """
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.LongTensor | None = None,
-        memory_state: torch.Tensor | None = None,
-        segment_mask: torch.Tensor | None = None,
-        start_positions: torch.LongTensor | None = None,
-        end_positions: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> GMMXLNetQuestionAnsweringOutput | tuple:
-        r"""
-        memory_state (`torch.Tensor` of shape `(batch_size, num_memory_experts + 1, memory_num_tokens, d_model)`, *optional*):
-            Memory returned for the previous segment of the same documents; `None` starts from the initial memory.
-        segment_mask (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
-            `False` for documents that have no segment at this step: their memory passes through unchanged and they
-            add nothing to the span or routing losses.
-        start_positions, end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Labels of the answer span in this segment (the `<cls>` index when the answer is not inside it).
-        """
-        outputs, new_state, routing = self._encode(
-            input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
-            output_attentions, output_hidden_states, return_memory_outputs=True,
-        )
-        logits = self.qa_outputs(outputs.last_hidden_state)
-        start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
-        routing_probs = routing["routing_probs"]
+    output_class = GMMXLNetQuestionAnsweringOutput
+
+    def _memory_outputs(self, memory_outputs: dict, segment_mask: torch.Tensor | None) -> dict:
+        routing_probs = memory_outputs["routing_probs"]
         balance = load_balance_loss(routing_probs, segment_mask)
         entropy = entropy_loss(routing_probs, segment_mask)
-        aux_loss = self.config.load_balance_weight * balance + self.config.entropy_regularization_weight * entropy
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = span_loss(start_logits, end_logits, start_positions, end_positions, segment_mask) + aux_loss
-        result = GMMXLNetQuestionAnsweringOutput(
-            loss=loss,
-            start_logits=start_logits,
-            end_logits=end_logits,
-            memory_state=new_state,
-            routing_probs=routing_probs,
-            read_routing_probs=routing.get("read_routing_probs"),
-            load_balance_loss=balance,
-            entropy_loss=entropy,
-            aux_loss=aux_loss,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
-        return result if return_dict is not False else result.to_tuple()
+        return {
+            "routing_probs": routing_probs,
+            "read_routing_probs": memory_outputs.get("read_routing_probs"),
+            "load_balance_loss": balance,
+            "entropy_loss": entropy,
+            "aux_loss": self.config.load_balance_weight * balance
+            + self.config.entropy_regularization_weight * entropy,
+        }
 
 
 __all__ = [

@@ -451,10 +451,16 @@ def span_loss(start_logits, end_logits, start_positions, end_positions, row_mask
 class MemXLNetForQuestionAnswering(MemXLNetPreTrainedModel):
     """Extractive QA (start/end span head) over one segment, carrying memory to the next segment."""
 
+    output_class = MemXLNetQuestionAnsweringOutput
+
     def __init__(self, config: MemXLNetConfig):
         super().__init__(config)
         self.qa_outputs = nn.Linear(config.d_model, 2)
         self.post_init()
+
+    def _memory_outputs(self, memory_outputs: dict, segment_mask: torch.Tensor | None) -> dict:
+        """Extra output fields from the memory module (e.g. GMM routing); an `aux_loss` among them joins the loss."""
+        return {}
 
     def forward(
         self,
@@ -480,22 +486,26 @@ class MemXLNetForQuestionAnswering(MemXLNetPreTrainedModel):
         start_positions, end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Labels of the answer span in this segment (the `<cls>` index when the answer is not inside it).
         """
-        outputs, new_state = self._encode(
+        outputs, new_state, memory_outputs = self._encode(
             input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
-            output_attentions, output_hidden_states,
+            output_attentions, output_hidden_states, return_memory_outputs=True,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))
+        extra_outputs = self._memory_outputs(memory_outputs, segment_mask)
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = span_loss(start_logits, end_logits, start_positions, end_positions, segment_mask)
-        result = MemXLNetQuestionAnsweringOutput(
+            if "aux_loss" in extra_outputs:
+                loss = loss + extra_outputs["aux_loss"]
+        result = self.output_class(
             loss=loss,
             start_logits=start_logits,
             end_logits=end_logits,
             memory_state=new_state,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **extra_outputs,
         )
         return result if return_dict is not False else result.to_tuple()
 
