@@ -281,6 +281,8 @@ def build_tokenizer(model_args: ModelArguments, raw_datasets: datasets.DatasetDi
         )
     if not model_args.train_tokenizer_vocab_size:
         raise ValueError("No tokenizer: pass --tokenizer_name, --model_name_or_path or --train_tokenizer_vocab_size N.")
+    if "train" not in raw_datasets:
+        raise ValueError("--train_tokenizer_vocab_size trains on the training text. Fix: pass --train_file.")
     texts = (text for text in raw_datasets["train"][text_column] if text and text.strip())
     tokenizer = train_causal_lm_tokenizer([], model_args.train_tokenizer_vocab_size, texts=texts)
     tokenizer.save_pretrained(output_dir)
@@ -339,7 +341,7 @@ def tokenize_and_group(raw_datasets, tokenizer, text_column: str, block_size: in
             tokenize_function,
             batched=True,
             num_proc=data_args.preprocessing_num_workers,
-            remove_columns=raw_datasets["train"].column_names,
+            remove_columns=next(iter(raw_datasets.values())).column_names,
             load_from_cache_file=not data_args.overwrite_cache,
             desc="Running tokenizer on dataset",
         )
@@ -382,7 +384,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     os.makedirs(training_args.output_dir, exist_ok=True)
 
     raw_datasets = load_raw_datasets(data_args, model_args)
-    column_names = raw_datasets["train"].column_names
+    for split, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval)):
+        if wanted and split not in raw_datasets:
+            raise ValueError(f"--do_{'train' if split == 'train' else 'eval'} needs a {split} split. Fix: pass "
+                             f"--{split}_file or --dataset_name.")
+    column_names = next(iter(raw_datasets.values())).column_names
     text_column = data_args.text_column_name or ("text" if "text" in column_names else column_names[0])
     config = build_config(model_args)
     tokenizer = build_tokenizer(model_args, raw_datasets, text_column, training_args.output_dir)
@@ -392,11 +398,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if block_size > tokenizer.model_max_length:
         logger.warning(f"block_size {block_size} exceeds model_max_length {tokenizer.model_max_length}.")
     lm_datasets = tokenize_and_group(raw_datasets, tokenizer, text_column, block_size, data_args, training_args)
-    train_dataset = lm_datasets["train"]
-    if data_args.max_train_samples is not None:
+    train_dataset = lm_datasets.get("train")
+    if train_dataset is not None and data_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
-    eval_dataset = lm_datasets["validation"]
-    if data_args.max_eval_samples is not None:
+    eval_dataset = lm_datasets.get("validation")
+    if eval_dataset is not None and data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
 
     trainer = MemoryLMTrainer(

@@ -119,3 +119,40 @@ def test_memory_adapter_leaves_pretrained_loss_unchanged(model_and_tokenizer):
         assert mean_token_nll(adapted, tokenizer, paragraphs) == base_nll
     finally:
         adapted.unload()
+
+
+def run_clm(args: list[str]) -> dict:
+    """run_clm.py in a subprocess; returns its eval_results.json."""
+    output_dir = Path(args[args.index("--output_dir") + 1])
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "run_clm.py"), *args], cwd=REPO_ROOT,
+                            env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((output_dir / "eval_results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def story_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Training paragraphs disjoint from the validation paragraphs (the first 60, as the published figure)."""
+    folder = tmp_path_factory.mktemp("stories")
+    (folder / "train.txt").write_text("\n".join(tinystories_paragraphs(200, 900)) + "\n", encoding="utf-8")
+    (folder / "valid.txt").write_text("\n".join(tinystories_paragraphs(0, 60)) + "\n", encoding="utf-8")
+    return folder / "train.txt", folder / "valid.txt"
+
+
+@pytest.mark.parametrize(
+    "steps", [pytest.param(30, id="30-steps"), pytest.param(300, id="300-steps", marks=pytest.mark.slow)]
+)
+def test_training_only_the_adapter_with_run_clm_lowers_validation_loss(converted_dir, story_files, tmp_path, steps):
+    train_file, valid_file = story_files
+    common = ["--model_name_or_path", str(converted_dir), "--validation_file", str(valid_file), "--block_size", "256",
+              "--per_device_eval_batch_size", "8", "--report_to", "none", "--disable_tqdm", "True", "--seed", "0"]
+    before = run_clm([*common, "--do_eval", "--output_dir", str(tmp_path / "base")])
+    after = run_clm([
+        *common, "--train_file", str(train_file), "--do_train", "--do_eval", "--output_dir", str(tmp_path / "adapter"),
+        "--memory_adapter", "default", "--memory_adapter_overrides", "num_memory_tokens=64", "--max_steps", str(steps),
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--save_strategy", "no",
+    ])
+    # Only the adapter was trained and saved: the base weights are not in the output folder.
+    saved = sorted(path.name for path in (tmp_path / "adapter").iterdir())
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+    assert after["eval_loss"] < before["eval_loss"] - 0.01, (before["eval_loss"], after["eval_loss"])
