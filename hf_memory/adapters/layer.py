@@ -79,7 +79,8 @@ class MemoryForwardContext:
 
     def start_forward(self, module, args, kwargs) -> None:
         mask = kwargs.get("attention_mask")
-        self.attention_mask = mask if mask is not None and mask.dim() == 2 else None
+        # float once per forward, not in every memory layer
+        self.attention_mask = mask.to(torch.float32) if mask is not None and mask.dim() == 2 else None
         self.router_logits = []
 
     def token_mask(self, seq_len: int) -> Optional[torch.Tensor]:

@@ -150,9 +150,10 @@ class MemoryAdapterModel(ModelCardMixin, nn.Module, PushToHubMixin):
     def forward(self, *args, labels=None, **kwargs):
         """`labels` is named so that the Trainer (which reads the class signature) computes eval losses."""
         outputs = self.base_model(*args, labels=labels, **kwargs)
-        router_loss = self.router_loss()
-        if self.training and router_loss is not None and getattr(outputs, "loss", None) is not None:
-            outputs.loss = outputs.loss + router_loss
+        if self.training and getattr(outputs, "loss", None) is not None:
+            router_loss = self.router_loss()
+            if router_loss is not None:
+                outputs.loss = outputs.loss + router_loss
         return outputs
 
     def generate(self, *args, **kwargs):

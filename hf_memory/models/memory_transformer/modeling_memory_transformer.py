@@ -47,6 +47,16 @@ class MemoryTransformerRMSNorm(LlamaRMSNorm):
     pass
 
 
+class MemoryTransformerFusedRMSNorm(MemoryTransformerRMSNorm):
+    """The memory sublayer's pre-norm through PyTorch's fused `rms_norm` (fewer kernels and autograd nodes per call;
+    same parameters and state-dict keys). Mixed dtypes take Llama's upcasting path."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dtype != self.weight.dtype:
+            return super().forward(hidden_states)
+        return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+
+
 class MemoryTransformerRotaryEmbedding(nn.Module):
     """Default RoPE with `config.rope_theta` (Llama's rotate-half layout)."""
 
@@ -148,29 +158,38 @@ def build_memory_bank(config: MemoryTransformerConfig) -> MemoryTransformerMemor
 class MemoryRoutingState:
     """Causal routing summary of every position a memory layer has processed so far.
 
-    query_sum / query_count: sum and number of the routing queries of non-padding tokens, `(batch, d)` / `(batch, 1)`.
-    chunk_logits: router logits of the chunk the next position may continue, `(batch, num_routed_chapters)`.
+    query_sum / query_count: sum and number of the routing queries of non-padding tokens, `(batch, 1, d)` /
+    `(batch, 1, 1)`.
+    chunk_logits: router logits of the chunk the next position may continue, `(batch, 1, num_routed_chapters)`.
     num_positions: positions processed so far (padding included), which fixes where the next chunk starts.
+    chunk_memory: the transposed keys, values and chapter-weight bias gathered for that chunk
+    (`(kv_heads, batch, ...)`, see `MemoryTransformerMemoryBlock._gather_chapters`), so decoding steps inside a chunk
+    reuse them instead of gathering again.
     """
 
     query_sum: torch.Tensor
     query_count: torch.Tensor
     chunk_logits: torch.Tensor
     num_positions: int
+    chunk_memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def index_batch(self, indices: torch.Tensor) -> "MemoryRoutingState":
+        chunk_memory = None
+        if self.chunk_memory is not None:
+            chunk_memory = tuple(tensor.index_select(1, indices) for tensor in self.chunk_memory)
         return MemoryRoutingState(
             self.query_sum.index_select(0, indices),
             self.query_count.index_select(0, indices),
             self.chunk_logits.index_select(0, indices),
             self.num_positions,
+            chunk_memory,
         )
 
 
 class MemoryCache:
     """Memory-side state of one generation, kept next to the KV cache.
 
-    key_values[layer_idx]: the layer's projected memory keys and values, `(chapters, tokens_per_chapter, heads,
+    key_values[layer_idx]: the layer's projected memory keys and values, `(kv_heads, chapters, tokens_per_chapter,
     head_dim)` each. They depend only on parameters, so they are projected once, on the first forward that uses this
     cache, and reused by every later decoding step (parameters do not change during a generation).
     routing_states[layer_idx]: a `MemoryRoutingState` (batch-dependent; follows beam reordering).
@@ -277,39 +296,41 @@ class MemoryTransformerChapterRouter(nn.Module):
         token_mask: torch.Tensor | None = None,
         state: MemoryRoutingState | None = None,
     ) -> tuple[torch.Tensor, MemoryRoutingState]:
-        """Per-token chunk logits `(batch, seq_len, num_routed_chapters)` and the state after these tokens.
+        """Router logits of every routing chunk the new tokens touch, `(batch, num_segments, num_routed_chapters)`
+        (segment 0 is the chunk of the first new token), and the state after these tokens.
 
         routing_queries: `(batch, seq_len, hidden)` for the new tokens; token_mask: `(batch, seq_len)`, 1 = real token;
         state: the state after the previous tokens of these sequences (`None` = they are the first tokens).
+        Only the prefix sums at chunk starts (and the total, for the state) are formed, as one matmul with a 0/1
+        prefix matrix: cheaper than a cumulative sum over every position, and exact (later positions contribute 0).
         """
-        batch_size, seq_len, hidden = routing_queries.shape
+        batch_size, seq_len, _ = routing_queries.shape
         device = routing_queries.device
-        mask = torch.ones(batch_size, seq_len, 1, device=device)
+        offset = 0 if state is None else state.num_positions
+        decision_rows = list(range(-offset % self.chunk_size, seq_len, self.chunk_size))
+        if not decision_rows:  # decoding inside a chunk: only the running totals change
+            masked = routing_queries if token_mask is None else routing_queries * token_mask[..., None]
+            sums = state.query_sum + masked.float().sum(1, keepdim=True)
+            if token_mask is None:
+                counts = state.query_count + seq_len
+            else:
+                counts = state.query_count + token_mask.to(torch.float32).sum(1, keepdim=True)[..., None]
+            return state.chunk_logits, MemoryRoutingState(sums, counts, state.chunk_logits, offset + seq_len)
+        rows = torch.tensor(decision_rows + [seq_len - 1], device=device)
+        prefix = (torch.arange(seq_len, device=device) <= rows[:, None]).float()
         if token_mask is not None:
-            mask = token_mask.to(device=device, dtype=torch.float32)[..., None]
-        if state is None:
-            offset = 0
-            past_sum = torch.zeros(batch_size, hidden, device=device)
-            past_count = torch.zeros(batch_size, 1, device=device)
-            past_logits = torch.zeros(batch_size, self.gate.out_features, device=device)
-        else:
-            offset, past_sum, past_count, past_logits = (
-                state.num_positions,
-                state.query_sum,
-                state.query_count,
-                state.chunk_logits,
-            )
-        prefix_sum = past_sum[:, None] + torch.cumsum(routing_queries.float() * mask, dim=1)
-        prefix_count = past_count[:, None] + torch.cumsum(mask, dim=1)
-        prefix_mean = prefix_sum / prefix_count.clamp(min=1.0)
-        decision_logits = self.gate(prefix_mean.to(self.gate.weight.dtype))
-        positions = torch.arange(offset, offset + seq_len, device=device)
-        # Index 0 is the chunk that started before this call; index i + 1 is the decision made at new token i.
-        source = (positions - positions % self.chunk_size - offset + 1).clamp(min=0)
-        candidates = torch.cat([past_logits[:, None].to(decision_logits.dtype), decision_logits], dim=1)
-        token_logits = candidates[:, source]
-        new_state = MemoryRoutingState(prefix_sum[:, -1], prefix_count[:, -1], token_logits[:, -1], offset + seq_len)
-        return token_logits, new_state
+            prefix = prefix * token_mask.to(device=device, dtype=torch.float32)[:, None, :]
+        sums = torch.matmul(prefix, routing_queries.float())
+        counts = prefix.sum(-1, keepdim=True).expand(batch_size, -1, -1)
+        if state is not None:
+            sums = sums + state.query_sum
+            counts = counts + state.query_count
+        means = sums[:, :-1] / counts[:, :-1].clamp(min=1.0)
+        chunk_logits = self.gate(means.to(self.gate.weight.dtype))
+        if offset % self.chunk_size:
+            chunk_logits = torch.cat([state.chunk_logits.to(chunk_logits.dtype), chunk_logits], dim=1)
+        new_state = MemoryRoutingState(sums[:, -1:], counts[:, -1:], chunk_logits[:, -1:], offset + seq_len)
+        return chunk_logits, new_state
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chapter ids `(..., S + k)` (shared chapters first) and their mixing weights (shared 1, routed top-k
@@ -347,10 +368,12 @@ class MemoryTransformerMemoryBlock(nn.Module):
     """Pre-norm cross-attention from the token stream to a memory bank; returns a residual update.
 
     Queries: `memory_query(RMSNorm(hidden_states))`. Keys/values: `memory_key` / `memory_value` of the (RMS-normalised)
-    memory vectors, projected once per forward, or once per `MemoryCache`. Without chapters every token attends to the
-    whole bank. With chapters, each routing chunk attends to its shared chapters (weight 1) and its top-k routed
-    chapters (renormalised router probabilities) in one softmax where each chapter's logits get a `log(weight)` bias,
-    so the router is trained by the language-model loss. Only the selected chapters' keys/values are gathered.
+    memory vectors, projected once per forward, or once per `MemoryCache` (without autograd: once for as long as the
+    parameters are unchanged). Without chapters every token attends to the whole bank. With chapters, each routing
+    chunk attends to its shared chapters (weight 1) and its top-k routed chapters (renormalised router probabilities)
+    in one softmax where each chapter's logits get a `log(weight)` bias, so the router is trained by the language-model
+    loss. Only the selected chapters' keys/values are gathered, once per chunk (decoding steps inside a chunk reuse
+    them). Query heads that share a key/value head are stacked into one batched matmul (no repeated keys/values).
 
     The sub-module names (`memory_query`, `memory_key`, `memory_value`, `memory_output`) deliberately differ from the
     usual LoRA targets (`q_proj`, `v_proj`, ...).
@@ -366,7 +389,7 @@ class MemoryTransformerMemoryBlock(nn.Module):
         self.memory_rms_norm = config.memory_rms_norm
         self.norm_eps = config.rms_norm_eps
         self.dropout = config.memory_dropout
-        self.memory_layernorm = MemoryTransformerRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.memory_layernorm = MemoryTransformerFusedRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.memory_query = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.memory_key = nn.Linear(config.memory_dim, self.num_key_value_heads * self.head_dim, bias=False)
         self.memory_value = nn.Linear(config.memory_dim, self.num_key_value_heads * self.head_dim, bias=False)
@@ -374,21 +397,39 @@ class MemoryTransformerMemoryBlock(nn.Module):
             self.num_heads * self.head_dim, config.hidden_size, config.zero_init_memory_output, config.initializer_range
         )
         self.router = MemoryTransformerChapterRouter(config) if config.use_chapters else None
+        self._inference_key_values = None
         for projection in (self.memory_query, self.memory_key, self.memory_value):
             init.normal_(projection.weight, mean=0.0, std=config.initializer_range)
         if self.router is not None:
             init.normal_(self.router.gate.weight, mean=0.0, std=config.initializer_range)
 
     def project_memory(self, memory_bank: MemoryTransformerMemoryBank) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the whole bank, `(chapters, tokens_per_chapter, heads, head_dim)` each."""
+        """Keys and values of the whole bank, `(kv_heads, chapters, tokens_per_chapter, head_dim)` each: gathering
+        chapters along dim 1 directly gives the `(kv_heads, groups, tokens, head_dim)` batches of the attention."""
         memory = memory_bank()
         if self.memory_rms_norm:
             memory = memory * torch.rsqrt(memory.float().pow(2).mean(-1, keepdim=True) + self.norm_eps).to(memory.dtype)
-        groups = self.num_heads // self.num_key_value_heads
         shape = (self.num_chapters, -1, self.num_key_value_heads, self.head_dim)
-        keys = self.memory_key(memory).view(shape).repeat_interleave(groups, dim=2)
-        values = self.memory_value(memory).view(shape).repeat_interleave(groups, dim=2)
+        keys = self.memory_key(memory).view(shape).permute(2, 0, 1, 3).contiguous()
+        values = self.memory_value(memory).view(shape).permute(2, 0, 1, 3).contiguous()
         return keys, values
+
+    def _inference_projection(self, memory_bank: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """`project_memory` without autograd, reused across forward calls and generations for as long as the bank and
+        the key/value weights are the same tensor objects, unmodified (in-place updates such as optimizer steps or
+        `load_state_dict` bump a tensor's version counter). The cache holds those tensors, so none can be freed and
+        replaced by a look-alike while it is in use."""
+        tensors = [*memory_bank.parameters(), *memory_bank.buffers(), self.memory_key.weight, self.memory_value.weight]
+        versions = [tensor._version for tensor in tensors]
+        cached = self._inference_key_values
+        if (
+            cached is None
+            or len(cached[0]) != len(tensors)
+            or any(old is not new for old, new in zip(cached[0], tensors))
+            or cached[1] != versions
+        ):
+            cached = self._inference_key_values = (tensors, versions, self.project_memory(memory_bank))
+        return cached[2]
 
     def forward(
         self,
@@ -408,75 +449,136 @@ class MemoryTransformerMemoryBlock(nn.Module):
         if memory_cache is not None and self.layer_idx in memory_cache.key_values:
             keys, values = memory_cache.key_values[self.layer_idx]
         else:
-            keys, values = self.project_memory(memory_bank)
+            project = self.project_memory if torch.is_grad_enabled() else self._inference_projection
+            keys, values = project(memory_bank)
             if memory_cache is not None:
                 memory_cache.key_values[self.layer_idx] = (keys, values)
         batch_size, seq_len, _ = hidden_states.shape
         normed = self.memory_layernorm(hidden_states)
-        query = self.memory_query(normed).view(batch_size, seq_len, self.num_heads, self.head_dim)
-        dropout = self.dropout if self.training else 0.0
-        if self.router is None:
-            attended = F.scaled_dot_product_attention(
-                query.transpose(1, 2),
-                keys[0].transpose(0, 1).expand(batch_size, -1, -1, -1),
-                values[0].transpose(0, 1).expand(batch_size, -1, -1, -1),
-                dropout_p=dropout,
-            ).transpose(1, 2)
-            return self.memory_output(attended.reshape(batch_size, seq_len, -1)), None
+        query = self.memory_query(normed)
+        if self.router is None:  # one bank for every token: fold the batch into the query rows of each kv head
+            grouped = self._group_queries(query, 1).reshape(self.num_key_value_heads, 1, -1, self.head_dim)
+            attended = self._attend(grouped, keys.transpose(-1, -2), values, None)
+            attended = attended.view(self.num_key_value_heads, batch_size, -1, self.head_dim)
+            return self.memory_output(self._ungroup(attended, batch_size, 1)), None
         state = memory_cache.routing_states.get(self.layer_idx) if memory_cache is not None else None
-        router_logits, new_state = self.router(normed, attention_mask, state)
+        chunk_logits, new_state = self.router(normed, attention_mask, state)
+        offset = state.num_positions if state is not None else 0
+        attended, new_state.chunk_memory = self._attend_chapters(
+            query, keys, values, chunk_logits, offset, state,
+            keep_chunk_memory=memory_cache is not None and not torch.is_grad_enabled(),
+        )
         if memory_cache is not None:
             memory_cache.routing_states[self.layer_idx] = new_state
-        offset = state.num_positions if state is not None else 0
-        attended = self._attend_chapters(query, keys, values, router_logits, offset, dropout)
-        return self.memory_output(attended.reshape(batch_size, seq_len, -1)), router_logits
+        num_segments = chunk_logits.shape[1]
+        if num_segments == 1:
+            router_logits = chunk_logits.expand(-1, seq_len, -1)
+        else:
+            positions = torch.arange(offset, offset + seq_len, device=query.device)
+            router_logits = chunk_logits[:, positions // self.router.chunk_size - offset // self.router.chunk_size]
+        return self.memory_output(attended), router_logits
+
+    def _group_queries(self, query: torch.Tensor, num_groups_per_row: int) -> torch.Tensor:
+        """`(batch, groups * group_len, heads * head_dim)` -> `(kv_heads, batch * groups, heads_per_kv * group_len,
+        head_dim)`: the query heads that share a key/value head are stacked, so grouped-query attention needs no
+        repeated keys/values."""
+        batch_size, length, _ = query.shape
+        group_len = length // num_groups_per_row
+        heads_per_kv = self.num_heads // self.num_key_value_heads
+        grouped = query.view(batch_size, num_groups_per_row, group_len, self.num_key_value_heads, heads_per_kv, -1)
+        return grouped.permute(3, 0, 1, 4, 2, 5).reshape(
+            self.num_key_value_heads, batch_size * num_groups_per_row, heads_per_kv * group_len, self.head_dim
+        )
+
+    def _ungroup(self, attended: torch.Tensor, batch_size: int, num_groups_per_row: int) -> torch.Tensor:
+        """Inverse of `_group_queries`: back to `(batch, groups * group_len, heads * head_dim)`."""
+        heads_per_kv = self.num_heads // self.num_key_value_heads
+        attended = attended.view(
+            self.num_key_value_heads, batch_size, num_groups_per_row, heads_per_kv, -1, self.head_dim
+        )
+        return attended.permute(1, 2, 4, 0, 3, 5).reshape(batch_size, -1, self.num_heads * self.head_dim)
+
+    def _attend(
+        self, query: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`softmax(query keys_t / sqrt(head_dim) + bias) values` with query `(kv_heads, groups, M, head_dim)`, keys_t
+        `(kv_heads, groups, head_dim, S)` (transposed keys; a view is fine), values `(kv_heads, groups, S, head_dim)`,
+        bias `(kv_heads, groups, 1, S)`. Written out as batched matmuls rather than SDPA: on CPU, SDPA falls back to its
+        slow math path whenever the bias needs a gradient (it trains the router)."""
+        scaling = self.head_dim**-0.5
+        query_3d, keys_3d, values_3d = query.flatten(0, 1), keys_t.flatten(0, 1), values.flatten(0, 1)
+        if bias is None:
+            scores = torch.bmm(query_3d, keys_3d).mul_(scaling)
+        else:
+            scores = torch.baddbmm(bias.flatten(0, 1), query_3d, keys_3d, alpha=scaling)
+        probs = scores.softmax(-1)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, p=self.dropout)
+        return torch.bmm(probs, values_3d).view(query.shape)
 
     def _attend_chapters(
         self,
         query: torch.Tensor,
         keys: torch.Tensor,
         values: torch.Tensor,
-        router_logits: torch.Tensor,
+        chunk_logits: torch.Tensor,
         offset: int,
-        dropout: float,
-    ) -> torch.Tensor:
+        state: MemoryRoutingState | None,
+        keep_chunk_memory: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         """Group the new tokens by routing chunk, gather each chunk's chapters and attend to them jointly.
 
         Memory attention ignores token positions, so the tokens of one chunk are packed into a group of
         `min(chunk_size, seq_len)` query slots that share the gathered keys/values. The chapter weights enter as a
         `log(weight)` bias on that chapter's logits (one softmax over all selected tokens, each chapter's attention mass
-        scaled by its weight), which is how the router receives gradient from the language-model loss.
+        scaled by its weight), which is how the router receives gradient from the language-model loss. Returns the
+        attended values `(batch, seq_len, heads * head_dim)` and (with `keep_chunk_memory`) the last chunk's gathered
+        memory, which decoding steps inside that chunk reuse from `state.chunk_memory` (routing is fixed in a chunk).
         """
-        batch_size, seq_len, num_heads, head_dim = query.shape
+        batch_size, seq_len, _ = query.shape
         chunk_size = self.router.chunk_size
-        device = query.device
-        positions = torch.arange(offset, offset + seq_len, device=device)
-        segment = positions // chunk_size - offset // chunk_size
-        num_segments = (offset + seq_len - 1) // chunk_size - offset // chunk_size + 1
+        num_segments = chunk_logits.shape[1]
         group_len = min(chunk_size, seq_len)
-        slot = positions % chunk_size - torch.where(segment == 0, offset % chunk_size, 0)
-        flat_slot = segment * group_len + slot
-        segment_first_token = (torch.arange(num_segments, device=device) * chunk_size - offset % chunk_size).clamp(min=0)
-        chapter_ids, weights = self.router.select(router_logits[:, segment_first_token])
-        num_groups, num_selected = batch_size * num_segments, chapter_ids.shape[-1]
         # Training (aligned chunks) and decoding (one segment) need no packing: the slots are already in token order.
         in_order = num_segments == 1 or (offset % chunk_size == 0 and seq_len % chunk_size == 0)
-        grouped = query
         if not in_order:
-            grouped = query.new_zeros(batch_size, num_segments * group_len, num_heads, head_dim)
-            grouped = grouped.index_copy(1, flat_slot, query)
-        grouped = grouped.reshape(num_groups, group_len, num_heads, head_dim).transpose(1, 2)
+            positions = torch.arange(offset, offset + seq_len, device=query.device)
+            segment = positions // chunk_size - offset // chunk_size
+            slot = positions % chunk_size - torch.where(segment == 0, offset % chunk_size, 0)
+            flat_slot = segment * group_len + slot
+            packed = query.new_zeros(batch_size, num_segments * group_len, query.shape[-1])
+            query = packed.index_copy(1, flat_slot, query)
+        continues_chunk = state is not None and state.chunk_memory is not None and offset % chunk_size != 0
+        last_chunk_memory = None
+        if num_segments == 1 and continues_chunk:
+            memory = last_chunk_memory = state.chunk_memory
+        else:
+            memory = self._gather_chapters(keys, values, chunk_logits, query.dtype)
+            if keep_chunk_memory:  # contiguous copies: decoding steps then multiply plain (non-transposed) matrices
+                last_chunk_memory = tuple(
+                    tensor.unflatten(1, (batch_size, num_segments))[:, :, -1].contiguous() for tensor in memory
+                )
+        attended = self._attend(self._group_queries(query, num_segments), *memory)
+        attended = self._ungroup(attended, batch_size, num_segments)
+        if not in_order:
+            attended = attended.index_select(1, flat_slot)
+        return attended, last_chunk_memory
+
+    def _gather_chapters(
+        self, keys: torch.Tensor, values: torch.Tensor, chunk_logits: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transposed keys `(kv_heads, groups, head_dim, S)`, values `(kv_heads, groups, S, head_dim)` and the
+        `log(weight)` bias `(kv_heads, groups, 1, S)` of the selected chapters of every chunk, `S = (shared + top_k) *
+        tokens_per_chapter`."""
+        chapter_ids, weights = self.router.select(chunk_logits)
+        num_groups, num_selected = chapter_ids.shape[0] * chapter_ids.shape[1], chapter_ids.shape[-1]
+        num_kv_heads, tokens_per_chapter = keys.shape[0], keys.shape[2]
         flat_ids = chapter_ids.flatten()
-        selected_keys = keys.index_select(0, flat_ids).view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
-        selected_values = values.index_select(0, flat_ids).view(num_groups, -1, num_heads, head_dim).transpose(1, 2)
-        tokens_per_chapter = keys.shape[1]
-        log_weights = weights.clamp(min=torch.finfo(weights.dtype).tiny).log().to(query.dtype)
-        bias = log_weights.view(num_groups, 1, 1, num_selected, 1).expand(-1, -1, -1, -1, tokens_per_chapter)
-        attended = F.scaled_dot_product_attention(
-            grouped, selected_keys, selected_values, attn_mask=bias.reshape(num_groups, 1, 1, -1), dropout_p=dropout
-        )
-        attended = attended.transpose(1, 2).reshape(batch_size, num_segments * group_len, num_heads, head_dim)
-        return attended if in_order else attended.index_select(1, flat_slot)
+        selected_keys = keys.index_select(1, flat_ids).view(num_kv_heads, num_groups, -1, self.head_dim)
+        selected_values = values.index_select(1, flat_ids).view(num_kv_heads, num_groups, -1, self.head_dim)
+        log_weights = weights.clamp(min=torch.finfo(weights.dtype).tiny).log().to(dtype)
+        bias = log_weights.view(1, num_groups, 1, num_selected, 1).expand(num_kv_heads, -1, -1, -1, tokens_per_chapter)
+        return selected_keys.transpose(-1, -2), selected_values, bias.reshape(num_kv_heads, num_groups, 1, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -613,8 +715,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             position_ids=position_ids,
         )
         token_mask = None
-        if attention_mask is not None and attention_mask.dim() == 2:
-            token_mask = attention_mask[:, -inputs_embeds.shape[1] :]
+        if attention_mask is not None and attention_mask.dim() == 2:  # converted once here, not in every memory layer
+            token_mask = attention_mask[:, -inputs_embeds.shape[1] :].to(torch.float32)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -713,6 +815,12 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             hidden_states=outputs.hidden_states,
             router_logits=outputs.router_logits,
         )
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """Decoding steps skip the router statistics (nobody reads them) unless `output_router_logits` is passed."""
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        model_inputs.setdefault("output_router_logits", False)
+        return model_inputs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Let `generate()` use a `MemoryTransformerCache` where it would create a plain `DynamicCache`."""
