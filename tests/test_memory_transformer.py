@@ -266,3 +266,14 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
     assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("use_chapters", [False, True])
+def test_batched_rows_equal_rows_run_alone(use_chapters):
+    """Rows of a batch never mix: each row's logits equal the row run alone (trained-like, non-zero memory output)."""
+    model = tiny_model(use_chapters=use_chapters).eval()
+    input_ids = torch.randint(1, 97, (3, 10), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        batched = model(input_ids).logits
+        alone = torch.cat([model(row.unsqueeze(0)).logits for row in input_ids])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
