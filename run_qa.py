@@ -176,9 +176,10 @@ def with_new_memory_class(model, config_class, model_class, tokenizer, memory_nu
     model.resize_token_embeddings(config.vocab_size, mean_resizing=False)
     converted = model_class(config)
     missing, unexpected = converted.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not name.startswith("memory.") for name in missing):
+    missing = [name for name in missing if not name.startswith("memory.")]
+    if unexpected or missing:
         raise ValueError(f"Cannot convert the checkpoint to {config_class.model_type}: unexpected weights "
-                         f"{unexpected}, missing non-memory weights {[n for n in missing if not n.startswith('memory.')]}.")
+                         f"{unexpected}, missing weights {missing}.")
     return converted
 
 
