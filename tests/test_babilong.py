@@ -67,3 +67,28 @@ def test_bad_lengths_are_rejected(babi_paths, xlnet_tokenizer_dir):
         build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 0)
     with pytest.raises(ValueError, match="max_seq_length"):
         build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 1, max_seq_length=12, max_examples=3)
+
+
+def test_entity_augmentation_renames_consistently_and_keeps_answers_exact(babi_paths, xlnet_tokenizer_dir):
+    import random
+
+    from hf_memory.data.babilong import PEOPLE, PLACES, rename_entities
+
+    item = read_babi(babi_paths["qa2"])[5]
+    renamed = rename_entities(item, random.Random(3))
+    assert renamed.answer in PLACES and any(renamed.answer in renamed.story[i] for i in item.supporting_lines)
+    # One-to-one: sentences that named the same person still do, and differently named ones still differ.
+    subjects = [line.split()[0] for line in item.story]
+    new_subjects = [line.split()[0] for line in renamed.story]
+    assert all((a == b) == (c == d) for a, c in zip(subjects, new_subjects) for b, d in zip(subjects, new_subjects))
+    assert set(new_subjects) <= set(PEOPLE)
+    tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
+    payload = build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 2, max_examples=30,
+                             augment_entities=True)
+    answers = {qa["answers"][0]["text"] for a in payload["data"] for qa in a["paragraphs"][0]["qas"]}
+    assert len(answers) > 6  # more places than bAbI's six
+    for article in payload["data"]:
+        paragraph = article["paragraphs"][0]
+        answer = paragraph["qas"][0]["answers"][0]
+        start = answer["answer_start"]
+        assert paragraph["context"][start : start + len(answer["text"])] == answer["text"]

@@ -16,6 +16,12 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 SPECIAL_TOKENS_PER_SEGMENT = 3  # <sep> question <sep> <cls>
+# Renaming pools for training-time augmentation: bAbI-1k has 4 people and 6 places in 1,000 stories, which a small
+# model memorises instead of learning to bind facts. The original names are part of the pools.
+PEOPLE = ("Mary John Daniel Sandra Alice Bob Carol David Emma Frank Grace Henry Irene Jack Kate Liam Nina Oscar Paul "
+          "Rita Sam Tina Victor Wendy").split()
+PLACES = ("bathroom bedroom garden hallway kitchen office attic basement cellar garage library balcony pantry studio "
+          "porch lobby terrace workshop nursery chapel").split()
 
 
 @dataclass
@@ -81,6 +87,20 @@ def _facts_that_fit(item: BabiQuestion, fact_lengths: list[int], target_tokens: 
     return kept
 
 
+def rename_entities(item: BabiQuestion, rng: random.Random) -> BabiQuestion:
+    """The same question with its people and places renamed consistently (a random one-to-one map per story)."""
+    text = " ".join(item.story + [item.question, item.answer])
+    people = sorted(set(re.findall(r"\b(?:" + "|".join(PEOPLE) + r")\b", text)))
+    places = sorted(set(re.findall(r"\b(?:" + "|".join(PLACES) + r")\b", text)))
+    mapping = dict(zip(people, rng.sample(PEOPLE, len(people)))) | dict(zip(places, rng.sample(PLACES, len(places))))
+    if not mapping:
+        return item
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, mapping)) + r")\b")
+    rename = lambda sentence: pattern.sub(lambda match: mapping[match.group(0)], sentence)  # noqa: E731
+    return BabiQuestion([rename(line) for line in item.story], rename(item.question), rename(item.answer),
+                        item.supporting_lines)
+
+
 def build_document(
     item: BabiQuestion,
     filler: list[str],
@@ -130,13 +150,20 @@ def build_babilong(
     max_examples: int | None = None,
     seed: int = 0,
     task_name: str | None = None,
+    augment_entities: bool = False,
 ) -> dict:
-    """Build a SQuAD v2 payload whose contexts span `num_segments` segments of `max_seq_length` tokens."""
+    """Build a SQuAD v2 payload whose contexts span `num_segments` segments of `max_seq_length` tokens.
+
+    `augment_entities` renames people and places per story (for training sets, so that the model must bind facts
+    instead of memorising the stories).
+    """
     if num_segments < 1:
         raise ValueError(f"num_segments must be >= 1, got {num_segments}.")
-    questions = read_babi(babi_file)[:max_examples]
-    filler = read_filler_sentences(filler_file)
     rng = random.Random(seed)
+    questions = read_babi(babi_file)[:max_examples]
+    if augment_entities:
+        questions = [rename_entities(item, rng) for item in questions]
+    filler = read_filler_sentences(filler_file)
     count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
     filler_lengths = count(filler)
     longest_question = max(count(sorted({q.question for q in questions})))
@@ -175,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory_num_tokens", type=int, default=4)
     parser.add_argument("--max_examples", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment_entities", action="store_true", help="rename people and places per story")
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
@@ -183,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     for num_segments in args.num_segments:
         payload = build_babilong(
             args.babi_file, args.filler_file, tokenizer, num_segments, args.max_seq_length, args.doc_stride,
-            args.memory_num_tokens, args.max_examples, args.seed,
+            args.memory_num_tokens, args.max_examples, args.seed, augment_entities=args.augment_entities,
         )
         path = output_dir / f"{Path(args.babi_file).stem}-{num_segments}seg.json"
         path.write_text(json.dumps(payload))
