@@ -307,7 +307,7 @@ pipe = pipeline("question-answering", model=folder, trust_remote_code=True, devi
 answers = pipe(examples, max_seq_len=64, doc_stride=16, max_question_len=16, handle_impossible_answer=True)
 again = pipeline("question-answering", model=folder, trust_remote_code=True, device=-1)
 assert again(examples, max_seq_len=64, doc_stride=16, max_question_len=16, handle_impossible_answer=True) == answers
-print(json.dumps({"class": type(pipe).__module__, "answers": answers}))
+print(json.dumps({"class": type(pipe).__module__, "model": type(pipe.model).__name__, "answers": answers}))
 """
 
 
@@ -349,3 +349,32 @@ def test_pipeline_equals_run_qa_eval_predictions(memory_checkpoint, squad_small_
     answers = pipe(examples, max_seq_len=64, doc_stride=16, max_question_len=16, max_answer_len=30,
                    handle_impossible_answer=True, align_to_words=False, batch_size=4)
     assert {example["id"]: answer["answer"] for example, answer in zip(examples, answers)} == expected
+
+
+def test_gmm_checkpoint_answers_through_the_shipped_pipeline(tmp_path, xlnet_tokenizer_dir, long_examples):
+    """GMMXLNet checkpoints ship the same pipeline; in a process without hf_memory it gives the in-process answers."""
+    from hf_memory import GMMXLNetForQuestionAnswering, gmm_small_config
+
+    tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
+    read_ids, write_ids = add_memory_tokens(tokenizer, MEMORY_TOKENS)
+    torch.manual_seed(0)
+    model = GMMXLNetForQuestionAnswering(gmm_small_config(
+        vocab_size=len(tokenizer), d_model=32, n_layer=1, n_head=2, d_inner=64, memory_num_tokens=MEMORY_TOKENS,
+        mem_read_token_ids=read_ids, mem_write_token_ids=write_ids, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    model.save_pretrained(tmp_path / "gmm")
+    tokenizer.save_pretrained(tmp_path / "gmm")
+    examples = [{"question": e["question"], "context": e["context"]} for e in long_examples[:3]]
+    expected = MemXLNetQuestionAnsweringPipeline(model=model, tokenizer=tokenizer, device=-1)(
+        examples, **SEGMENTING, handle_impossible_answer=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+           "PYTHONPATH": "", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "gmm"), json.dumps(examples)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert payload["model"] == "GMMXLNetForQuestionAnswering"
+    for got, want in zip(payload["answers"], expected):
+        assert_same_answers(got, want)
