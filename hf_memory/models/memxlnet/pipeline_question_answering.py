@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, Pipeline
 
-from .qa_processing_memxlnet import context_budget, postprocess_qa_predictions, prepare_qa_features
+from .qa_processing_memxlnet import context_budget, offsets_array, postprocess_qa_predictions, prepare_qa_features
 
 # Documents preprocessed together and sorted by length, so that a batch holds documents of similar length and few
 # rows of a time step are idle.
@@ -264,7 +264,7 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
             "input_ids": torch.tensor(rows["input_ids"][0]),
             "attention_mask": torch.tensor(rows["attention_mask"][0]),
             "token_type_ids": torch.tensor(rows["token_type_ids"][0]),
-            "offset_mapping": rows["offset_mapping"][0],
+            "offset_mapping": offsets_array(rows["offset_mapping"][0]),
         }
 
     def _tokenizer_segments(self, question, context, max_seq_len, doc_stride) -> dict:
@@ -292,7 +292,7 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "token_type_ids": encoded["token_type_ids"],
-            "offset_mapping": offset_mapping,
+            "offset_mapping": offsets_array(offset_mapping),
         }
 
     def _forward(self, model_inputs, batch_size=1):

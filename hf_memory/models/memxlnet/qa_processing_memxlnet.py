@@ -212,16 +212,25 @@ def global_span_labels(
     return global_start, global_end
 
 
-def _char_offsets(offset_mapping: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
-    """(segments, seq_len) start/end character arrays; -1 outside the context."""
-    starts = np.full((len(offset_mapping), len(offset_mapping[0])), -1, dtype=np.int64)
-    ends = starts.copy()
+def offsets_array(offset_mapping: Sequence[Sequence] | np.ndarray) -> np.ndarray:
+    """Offsets as one compact (segments, seq_len, 2) int array with -1 outside the context.
+
+    Per-token Python pairs cost tens of bytes each; long documents keep their offsets until the answer is chosen.
+    """
+    if isinstance(offset_mapping, np.ndarray):
+        return offset_mapping
+    array = np.full((len(offset_mapping), len(offset_mapping[0]), 2), -1, dtype=np.int32)
     for s, segment in enumerate(offset_mapping):
         inside = [i for i, pair in enumerate(segment) if pair is not None]
         if inside:
-            pairs = np.asarray([segment[i] for i in inside], dtype=np.int64)
-            starts[s, inside], ends[s, inside] = pairs[:, 0], pairs[:, 1]
-    return starts, ends
+            array[s, inside] = np.asarray([segment[i] for i in inside], dtype=np.int32)
+    return array
+
+
+def _char_offsets(offset_mapping: Sequence[Sequence] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(segments, seq_len) start/end character arrays; -1 outside the context."""
+    array = offsets_array(offset_mapping).astype(np.int64)
+    return array[..., 0], array[..., 1]
 
 
 def find_cls_positions(input_ids: np.ndarray, cls_token_id: int) -> np.ndarray:
