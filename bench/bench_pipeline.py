@@ -5,7 +5,9 @@ Measures, in one run and on the same documents:
     chunk-independent inference with a model of the same size (`memory_num_tokens=0`, segments batched freely);
     target ratio >= 0.9;
   * peak resident-memory growth of one pipeline call on the shortest and on the longest of the 21 documents (each
-    in a fresh process), to show that memory does not grow with the number of segments beyond the logits.
+    in a fresh process, median of `--memory_repeats` processes: the allocator makes single peaks vary by several
+    MiB), to show that memory does not grow with the number of segments beyond the logits; plus the peak of the
+    Python objects and numpy arrays the call allocates (tracemalloc: deterministic, torch's own buffers excluded).
 
     python bench/bench_pipeline.py [--num_documents 8] [--repeats 3]   # writes bench/results/pipeline.json
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -76,26 +79,41 @@ def process_memory_kib(field: str) -> int:
 
 
 def measure_peak_memory(directory: str, document_index: str) -> None:
-    """Child process: how far one pipeline call raises the resident set above its level before the call."""
+    """Child process: how far one pipeline call raises the resident set above its level before the call, then the
+    traced (Python and numpy) peak of a second call."""
     torch.set_num_threads(1)
     pipe = load_pipe(Path(directory))
     document = load_documents()[int(document_index)]
     pipe(question="warm up?", context="A short warm-up context.", **SEGMENTING)
-    num_segments = len(pipe.preprocess(document, **SEGMENTING)["input_ids"])
+    num_segments = pipe.preprocess(document, **SEGMENTING)["num_segments"]
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets the peak (VmHWM) to the current resident set
     before = process_memory_kib("VmRSS")
     pipe(document, **SEGMENTING, handle_impossible_answer=True)
     growth = (process_memory_kib("VmHWM") - before) / 1024
-    print(json.dumps({"segments": num_segments, "peak_growth_mib": growth}))
+    tracemalloc.start()
+    pipe(document, **SEGMENTING, handle_impossible_answer=True)
+    traced = tracemalloc.get_traced_memory()[1] / 2**20
+    print(json.dumps({"segments": num_segments, "peak_growth_mib": growth, "traced_peak_mib": traced}))
 
 
-def peak_memory_in_fresh_process(directory: Path, document_index: int) -> dict:
-    result = subprocess.run(
-        [sys.executable, __file__, "--measure_peak_memory", str(directory), str(document_index)],
-        capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def peak_memory_in_fresh_processes(directory: Path, document_index: int, repeats: int) -> dict:
+    """Median peak RSS growth over `repeats` fresh processes, with every sample, and the traced peak."""
+    samples = []
+    for _ in range(repeats):
+        result = subprocess.run(
+            [sys.executable, __file__, "--measure_peak_memory", str(directory), str(document_index)],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        )
+        samples.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    growth = [sample["peak_growth_mib"] for sample in samples]
+    return {
+        "segments": samples[0]["segments"],
+        "peak_growth_mib": statistics.median(growth),
+        "samples_mib": growth,
+        "traced_peak_mib": statistics.median(sample["traced_peak_mib"] for sample in samples),
+    }
 
 
 def main():
@@ -104,6 +122,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=8, help="documents per time step / segments per forward")
     parser.add_argument("--memory_num_tokens", type=int, default=8)
+    parser.add_argument("--memory_repeats", type=int, default=5, help="fresh processes per peak-memory measurement")
     parser.add_argument("--output", default=str(REPO_ROOT / "bench" / "results" / "pipeline.json"))
     parser.add_argument("--measure_peak_memory", nargs=2, metavar=("CHECKPOINT", "DOCUMENT_INDEX"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,7 +137,7 @@ def main():
         checkpoints = build_checkpoints(Path(folder), all_documents, args.memory_num_tokens)
         pipes = {name: load_pipe(directory) for name, directory in checkpoints.items()}
         segments = {
-            name: [len(pipe.preprocess(d, **SEGMENTING)["input_ids"]) for d in documents] for name, pipe in pipes.items()
+            name: [pipe.preprocess(d, **SEGMENTING)["num_segments"] for d in documents] for name, pipe in pipes.items()
         }
         for pipe in pipes.values():  # warm-up
             pipe(documents[:2], batch_size=args.batch_size, **SEGMENTING)
@@ -130,8 +149,9 @@ def main():
                 seconds[name].append(time.perf_counter() - start)
         # Memory per segment count: the shortest and the longest of all documents, each in a fresh process.
         peak = {
-            name: {"shortest_document": peak_memory_in_fresh_process(directory, 0),
-                   "longest_document": peak_memory_in_fresh_process(directory, len(all_documents) - 1)}
+            name: {"shortest_document": peak_memory_in_fresh_processes(directory, 0, args.memory_repeats),
+                   "longest_document": peak_memory_in_fresh_processes(
+                       directory, len(all_documents) - 1, args.memory_repeats)}
             for name, directory in checkpoints.items()
         }
     docs_per_s = {name: len(documents) / statistics.median(times) for name, times in seconds.items()}

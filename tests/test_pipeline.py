@@ -22,8 +22,15 @@ from transformers import (
 )
 
 from hf_memory import MemXLNetConfig, MemXLNetForQuestionAnswering, add_memory_tokens
-from hf_memory.models.memxlnet.pipeline_question_answering import MemXLNetQuestionAnsweringPipeline
-from hf_memory.models.memxlnet.qa_processing_memxlnet import postprocess_qa_predictions, prepare_qa_features
+from hf_memory.models.memxlnet import pipeline_question_answering
+from hf_memory.models.memxlnet.pipeline_question_answering import MemXLNetQuestionAnsweringPipeline, RunningNBest
+from hf_memory.models.memxlnet.qa_processing_memxlnet import (
+    best_spans,
+    offsets_array,
+    postprocess_qa_predictions,
+    prepare_qa_features,
+    span_candidates,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,20 +168,120 @@ def manual_memory_logits(model, tokenizer, example, carry_memory=True):
     return torch.stack(starts), torch.stack(ends), rows
 
 
+def logits_per_document(pipe, documents, batch_size):
+    """Reassemble each document's (segments, seq_len) logits from the pipeline's pass-by-pass stream."""
+    starts = [[None] * document["num_segments"] for document in documents]
+    ends = [[None] * document["num_segments"] for document in documents]
+    with torch.no_grad():
+        for rows, start, end, _ in pipe.segment_logits(documents, batch_size):
+            for (index, segment), start_row, end_row in zip(rows, start, end):
+                starts[index][segment], ends[index][segment] = start_row, end_row
+    return [torch.stack(s) for s in starts], [torch.stack(e) for e in ends]
+
+
 def test_documents_batched_time_step_major_carry_their_own_memory(memory_pipe, long_examples):
     model, tokenizer = memory_pipe.model, memory_pipe.tokenizer
     documents = [memory_pipe.preprocess(example, **SEGMENTING) for example in long_examples]
-    lengths = [len(document["input_ids"]) for document in documents]
+    lengths = [document["num_segments"] for document in documents]
     assert max(lengths) >= 5 and min(lengths) <= 2 and len(set(lengths)) >= 3
-    inputs = [{name: d[name] for name in memory_pipe.model_input_names} for d in documents]
-    outputs = memory_pipe.forward({"documents": inputs}, batch_size=len(inputs))
-    for example, start, end in zip(long_examples, outputs["start_logits"], outputs["end_logits"]):
+    starts, ends = logits_per_document(memory_pipe, documents, batch_size=len(documents))
+    for example, start, end in zip(long_examples, starts, ends):
         reference_start, reference_end, _ = manual_memory_logits(model, tokenizer, example)
         torch.testing.assert_close(start, reference_start, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(end, reference_end, atol=1e-5, rtol=1e-5)
         if len(start) > 1:  # memory reaches later segments: without it their logits differ
             forgetful_start, _, _ = manual_memory_logits(model, tokenizer, example, carry_memory=False)
             assert (forgetful_start[1:] - start[1:]).abs().max() > 1e-4
+
+
+def test_segments_built_per_pass_equal_prepare_qa_features(memory_pipe, long_examples):
+    """The pipeline keeps only the context's token arrays; the segments it builds are run_qa.py's, exactly."""
+    config, tokenizer = memory_pipe.model.config, memory_pipe.tokenizer
+    documents = [memory_pipe.preprocess(example, **SEGMENTING) for example in long_examples]
+    assert set(documents[0]) >= {"context_ids", "context_offsets", "word_ids", "window_starts"}
+    assert "input_ids" not in documents[0] and documents[0]["context_ids"].dtype == np.int32
+    rows = [(index, segment) for index, document in enumerate(documents) for segment in range(document["num_segments"])]
+    built = memory_pipe._segments(documents, rows)
+    expected = prepare_qa_features(
+        tokenizer, [e["question"] for e in long_examples], [e["context"] for e in long_examples],
+        max_seq_length=SEGMENTING["max_seq_len"], doc_stride=SEGMENTING["doc_stride"],
+        max_query_length=SEGMENTING["max_question_len"], memory_read_ids=config.mem_read_token_ids,
+        memory_write_ids=config.mem_write_token_ids,
+    )
+    assert [d["num_segments"] for d in documents] == expected["num_segments"]
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        np.testing.assert_array_equal(built[name], np.concatenate(expected[name]))
+    np.testing.assert_array_equal(
+        built["offset_mapping"], np.concatenate([offsets_array(o) for o in expected["offset_mapping"]])
+    )
+
+
+def test_running_nbest_equals_best_spans_over_all_segments():
+    """Merging segments' candidates pass by pass keeps exactly the spans best_spans picks at once, ties included."""
+    rng = np.random.default_rng(0)
+    start, end = rng.integers(-3, 3, (9, 24)).astype(np.float64), rng.integers(-3, 3, (9, 24)).astype(np.float64)
+    mask = rng.random((9, 24)) > 0.3
+    expected = best_spans(start, end, mask, 20, 5)
+    candidates = span_candidates(start, end, mask, 20, 5)
+    candidates["segment"] = np.broadcast_to(np.arange(9)[:, None], candidates["score"].shape)
+    running = RunningNBest(20, "min")
+    for part in (slice(0, 1), slice(1, 4), slice(4, 5), slice(5, 9)):
+        running.update({name: value[part] for name, value in candidates.items()})
+    finite = np.isfinite(running.kept["score"])
+    got = zip(*(running.kept[name][finite].tolist() for name in ("segment", "start", "end")))
+    assert list(got) == expected and len(expected) == 20
+
+
+@pytest.mark.parametrize("piece_chars", [40, 1 << 14])
+def test_context_tokenized_in_pieces_equals_whole_encoding(memory_pipe, squad_examples, monkeypatch, piece_chars):
+    monkeypatch.setattr(pipeline_question_answering, "CONTEXT_PIECE_CHARS", piece_chars)
+    for context in {example["context"] for example in squad_examples[:60]}:
+        whole = memory_pipe._encode(context)
+        pieces = memory_pipe._tokenize_context(context)
+        for got, want in zip((pieces["context_ids"], pieces["context_offsets"], pieces["word_ids"]), whole):
+            np.testing.assert_array_equal(got, want)
+    assert bool(list(memory_pipe._cuts(context))) == (len(context) > piece_chars)  # cuts happen in long texts
+
+
+def test_pieces_stay_whole_where_a_cut_would_change_tokens(memory_pipe, monkeypatch):
+    """A normalizer that prepends to every text makes cuts visible: the check refuses them, the result stays exact."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["[UNK]", "[PAD]", "[CLS]", "[SEP]", "#", "#a", "a", "b", "c"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Prepend("#")
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        cls_token="[CLS]", sep_token="[SEP]")
+    pipe = MemXLNetQuestionAnsweringPipeline(model=memory_pipe.model, tokenizer=tokenizer, device=-1)
+    monkeypatch.setattr(pipeline_question_answering, "CONTEXT_PIECE_CHARS", 3)
+    context = "a b c " * 20
+    assert list(pipe._cuts(context)) == []
+    pieces = pipe._tokenize_context(context)
+    np.testing.assert_array_equal(pieces["context_ids"], pipe._encode(context)[0])
+
+
+def test_memory_does_not_grow_with_the_number_of_segments(memory_pipe, long_examples, monkeypatch):
+    """Peak Python/numpy allocations of one call grow with the document by its int32 token arrays alone (16 bytes a
+    token); keeping every segment's features and logits cost about 930 bytes a token."""
+    import tracemalloc
+
+    monkeypatch.setattr(pipeline_question_answering, "CONTEXT_PIECE_CHARS", 2048)  # both documents in pieces
+    contexts = " ".join(example["context"] for example in long_examples)
+    memory_pipe(long_examples[0], **SEGMENTING)  # warm-up
+    peaks, tokens, segments = [], [], []
+    for repeats in (3, 12):
+        example = {"question": long_examples[0]["question"], "context": " ".join([contexts] * repeats)}
+        tracemalloc.start()
+        memory_pipe(example, **SEGMENTING, handle_impossible_answer=True, top_k=3)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        document = memory_pipe.preprocess(example, **SEGMENTING)
+        tokens.append(len(document["context_ids"]))
+        segments.append(document["num_segments"])
+    assert segments[1] > 3 * segments[0] > 100
+    assert (peaks[1] - peaks[0]) / (tokens[1] - tokens[0]) < 32, (segments, tokens, peaks)
 
 
 def test_answers_match_run_qa_postprocessing_and_batching(memory_pipe, long_examples):
@@ -249,7 +356,8 @@ def test_plain_qa_models_get_chunk_independent_inference(family, xlnet_tokenizer
             pair = (example["question"], example["context"])
             encoded = tokenizer(*(pair if question_first else pair[::-1]), truncation="only_second" if question_first
                                 else "only_first", max_length=64, stride=16, return_overflowing_tokens=True,
-                                return_offsets_mapping=True, padding="max_length", return_tensors="pt")
+                                return_offsets_mapping=True, return_token_type_ids=True, padding="max_length",
+                                return_tensors="pt")
             context_index = 1 if question_first else 0
             masks = [[sid == context_index for sid in encoded.sequence_ids(i)] for i in range(len(encoded["input_ids"]))]
             cls_index = 0 if family == "bert" else 63  # BERT: [CLS] first; XLNet: <cls> last, left padding
@@ -259,18 +367,25 @@ def test_plain_qa_models_get_chunk_independent_inference(family, xlnet_tokenizer
             expected = brute_force_answer(model, dict(encoded), masks, offsets, example["context"], handle_impossible,
                                           cls_index, 15)
             assert answer["answer"] == expected
+        # the segments the pipeline builds from the tokenizer's template are the tokenizer's overflowing windows
+        document = pipe.preprocess(example, max_seq_len=64, doc_stride=16)
+        segments = pipe._segments([document], [(0, segment) for segment in range(document["num_segments"])])
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(segments[name], encoded[name].numpy())
+        np.testing.assert_array_equal(segments["offset_mapping"], np.where(np.array(masks)[..., None], offsets, -1))
 
 
 def test_memxlnet_without_memory_is_chunk_independent(xlnet_tokenizer_dir, long_examples):
     tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
     model = tiny_memxlnet(tokenizer, 0)
     pipe = MemXLNetQuestionAnsweringPipeline(model=model, tokenizer=tokenizer, device=-1)
-    example = long_examples[2]
-    document = pipe.preprocess(example, **SEGMENTING)
-    outputs = pipe.forward({"documents": [{n: document[n] for n in pipe.model_input_names}]}, batch_size=2)
-    reference = model(**{n: document[n] for n in pipe.model_input_names}).start_logits
-    torch.testing.assert_close(outputs["start_logits"][0], reference, atol=1e-5, rtol=1e-5)
-    assert (document["input_ids"][:, -1] == tokenizer.cls_token_id).all()  # <cls> last, as XLNet
+    document = pipe.preprocess(long_examples[2], **SEGMENTING)
+    starts, _ = logits_per_document(pipe, [document], batch_size=2)
+    segments = pipe._segments([document], [(0, segment) for segment in range(document["num_segments"])])
+    with torch.no_grad():
+        reference = model(**pipe._model_inputs(segments)).start_logits
+    torch.testing.assert_close(starts[0], reference, atol=1e-5, rtol=1e-5)
+    assert (segments["input_ids"][:, -1] == tokenizer.cls_token_id).all()  # <cls> last, as XLNet
 
 
 def test_plain_model_saved_through_the_pipeline_loads_with_pipeline(tmp_path, xlnet_tokenizer_dir, squad_examples):

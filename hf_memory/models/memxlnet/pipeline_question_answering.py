@@ -6,17 +6,33 @@ read each document segment by segment, carrying `memory_state`, several document
 extractive QA models (XLNet, BERT-style, `memory_num_tokens=0`) get chunk-independent inference as in transformers
 v4, so the class is also a drop-in replacement for the removed pipeline. Segmentation and answer selection are the
 functions `run_qa.py` evaluation uses (`qa_processing_memxlnet`), so both give the same answers.
+
+Memory does not grow with the number of segments: a document is kept as its context's token ids, character offsets
+and word ids (int32 arrays), each forward pass builds its segments from them, and the logits are reduced at once to
+the document's running n-best spans and null score.
 """
 
 import inspect
+import re
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import groupby, islice
+from operator import itemgetter
 
 import numpy as np
 import torch
 from transformers import AutoModelForQuestionAnswering, Pipeline
 
-from .qa_processing_memxlnet import context_budget, offsets_array, postprocess_qa_predictions, prepare_qa_features
+from .qa_processing_memxlnet import (
+    build_segments,
+    find_cls_positions,
+    nbest_answers,
+    null_score,
+    segment_template,
+    span_candidates,
+    special_token_ids,
+    template_budget,
+    window_starts,
+)
 
 # Documents preprocessed together and sorted by length, so that a batch holds documents of similar length and few
 # rows of a time step are idle.
@@ -24,6 +40,13 @@ SORT_WINDOW_BATCHES = 16
 DEFAULT_MAX_QUESTION_LEN = 64
 DEFAULT_MAX_ANSWER_LEN = 15
 DEFAULT_N_BEST_SIZE = 20
+SEGMENT_ARRAYS = ("input_ids", "attention_mask", "token_type_ids", "offset_mapping")
+# Contexts are tokenized in pieces of about this many characters, cut before whitespace: the tokenizer's encoding
+# (token strings, alignments: some 300 bytes per token) then stays small however long the document is.
+CONTEXT_PIECE_CHARS = 1 << 14
+# Characters each side of a cut that are tokenized whole and in two parts, to check that the cut changes no token.
+CUT_CHECK_CHARS = 256
+CUT_BEFORE_WHITESPACE = re.compile(r"(?<=\S)\s")
 
 
 def _restore_custom_pipeline_names(config):
@@ -105,6 +128,52 @@ def normalize_qa_inputs(args: tuple, kwargs: dict) -> tuple[Iterable[dict] | lis
     )
 
 
+def _join_pieces(pieces: list[tuple], starts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate the (ids, offsets, word ids) of consecutive text pieces starting at characters `starts`; shifts
+    the pieces' offsets and word ids in place, so that joining needs no more than the result's memory."""
+    first_word = 0
+    for (_, offsets, words), start in zip(pieces, starts):
+        offsets += start
+        words += first_word
+        first_word += len(np.unique(words))
+    return tuple(np.concatenate(column) for column in zip(*pieces))
+
+
+class RunningNBest:
+    """The best spans and the null score of one document so far, updated segment by segment in O(n_best) memory.
+
+    Each update merges the new segments' candidates (`span_candidates`, in segment order) after the kept ones with a
+    stable sort, so ties keep the earlier segment first: the spans are exactly those `best_spans` picks from the logits
+    of all segments at once, without keeping those logits.
+    """
+
+    def __init__(self, size: int, null_score_reduction: str | None):
+        self.size, self.null_score_reduction = size, null_score_reduction
+        self.kept: dict[str, np.ndarray] | None = None
+        self.null: float | None = None
+
+    def update(self, candidates: dict[str, np.ndarray], nulls: dict[str, np.ndarray] | None = None):
+        """Add the candidates of consecutive segments (arrays of shape (segments, k * k)) and their <cls> logits."""
+        flat = {name: value.reshape(-1) for name, value in candidates.items()}
+        if self.kept is not None:
+            flat = {name: np.concatenate([self.kept[name], value]) for name, value in flat.items()}
+        order = np.argsort(-flat["score"], kind="stable")[: self.size]
+        self.kept = {name: value[order] for name, value in flat.items()}
+        if nulls is not None:
+            null = null_score(nulls["start"], nulls["end"], nulls["cls"], self.null_score_reduction)
+            self.null = min(null, self.null) if self.null_score_reduction == "min" and self.null is not None else null
+
+    def candidates(self, context: str) -> list[dict]:
+        """The kept spans, best first, as `nbest_answers` takes them."""
+        kept = {name: value[np.isfinite(self.kept["score"])].tolist() for name, value in self.kept.items()}
+        return [
+            {"text": context[start:end], "start_logit": start_logit, "end_logit": end_logit, "start": start, "end": end}
+            for start, end, start_logit, end_logit in zip(
+                kept["char_start"], kept["char_end"], kept["start_logit"], kept["end_logit"]
+            )
+        ]
+
+
 class MemXLNetQuestionAnsweringPipeline(Pipeline):
     """Extractive QA with character offsets into the context, over documents of any length.
 
@@ -114,8 +183,9 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
     `handle_impossible_answer` (allow the empty answer, as SQuAD v2), `align_to_words` (widen answers to whole
     words), `batch_size` (documents per time step for memory models, segments per forward pass otherwise); also
     `n_best_size`, `null_score_diff_threshold` and `null_score_reduction` (`"min"`, or `"last"` for models trained
-    with the global softmax; default: `config.null_score_reduction` if set, else `"min"`) as in `run_qa.py`. Each answer is `{"score", "start", "end",
-    "answer"}`; `score` is the n-best probability. One answer dict per question when `top_k=1`, else a list.
+    with the global softmax; default: `config.null_score_reduction` if set, else `"min"`) as in `run_qa.py`. Each
+    answer is `{"score", "start", "end", "answer"}`; `score` is the n-best probability. One answer dict per question
+    when `top_k=1`, else a list.
     """
 
     _load_tokenizer = True
@@ -137,6 +207,12 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         # MemXLNet checkpoints (with or without memory) use the segment layout of run_qa.py; other models use their
         # tokenizer's own (question, context) template.
         self.uses_memxlnet_layout = hasattr(config, "memory_num_tokens")
+        plain_windows = self.tokenizer.pad_token is not None and self.tokenizer.truncation_side == "right"
+        if not self.uses_memxlnet_layout and not plain_windows:
+            raise ValueError(
+                "The tokenizer needs a pad token and truncation_side='right' to cut long contexts into windows as "
+                "transformers v4 did. Fix: set tokenizer.pad_token and tokenizer.truncation_side = 'right'."
+            )
         forward_parameters = inspect.signature(self.model.forward).parameters
         self.model_input_names = [
             name for name in ("input_ids", "attention_mask", "token_type_ids") if name in forward_parameters
@@ -191,48 +267,28 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         ):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-        preprocess = {
-            name: value
-            for name, value in (("doc_stride", doc_stride), ("max_seq_len", max_seq_len),
-                                ("max_question_len", max_question_len))
-            if value is not None
-        }
-        postprocess = {
-            name: value
-            for name, value in (("top_k", top_k), ("max_answer_len", max_answer_len),
-                                ("handle_impossible_answer", handle_impossible_answer),
-                                ("align_to_words", align_to_words), ("n_best_size", n_best_size),
-                                ("null_score_diff_threshold", null_score_diff_threshold),
-                                ("null_score_reduction", null_score_reduction))
-            if value is not None
-        }
-        return preprocess, {}, postprocess
+        if null_score_reduction not in (None, "min", "last"):
+            raise ValueError(f"`null_score_reduction` must be 'min' or 'last', got {null_score_reduction!r}.")
 
-    def _segment_geometry(self, question_len: int, max_seq_len: int, doc_stride: int | None) -> int:
-        """Validated `doc_stride` for a question of `question_len` tokens in segments of `max_seq_len` tokens."""
-        reserved = (
-            context_budget(max_seq_len, self.num_memory_tokens, question_len)
-            if self.uses_memxlnet_layout
-            else max_seq_len - question_len - self.tokenizer.num_special_tokens_to_add(pair=True)
+        def given(*pairs):
+            return {name: value for name, value in pairs if value is not None}
+
+        # Answer selection runs during the forward pass (running n-best), so its settings go there.
+        return (
+            given(("doc_stride", doc_stride), ("max_seq_len", max_seq_len), ("max_question_len", max_question_len)),
+            given(("top_k", top_k), ("n_best_size", n_best_size), ("max_answer_len", max_answer_len),
+                  ("handle_impossible_answer", handle_impossible_answer),
+                  ("null_score_reduction", null_score_reduction)),
+            given(("top_k", top_k), ("align_to_words", align_to_words),
+                  ("null_score_diff_threshold", null_score_diff_threshold)),
         )
-        if reserved < 1:
-            raise ValueError(
-                f"max_seq_len={max_seq_len} is too small: the question ({question_len} tokens), "
-                f"{2 * self.num_memory_tokens} memory tokens and the special tokens leave no room for the context. "
-                "Fix: raise max_seq_len or lower max_question_len."
-            )
-        if doc_stride is None:
-            return min(max_seq_len // 2, 128, reserved - 1)
-        if doc_stride >= reserved:
-            raise ValueError(
-                f"doc_stride={doc_stride} must be smaller than the {reserved} context tokens that max_seq_len="
-                f"{max_seq_len} leaves per segment after the question and special/memory tokens. Fix: lower "
-                "doc_stride or raise max_seq_len."
-            )
-        return doc_stride
 
     def preprocess(self, example, doc_stride=None, max_seq_len=None, max_question_len=DEFAULT_MAX_QUESTION_LEN):
-        """All segments of one document: tensors of shape (segments, max_seq_len) and per-token context offsets."""
+        """One document in compact form: the segment template, the context as int32 arrays and its windows.
+
+        The segments themselves are built per forward pass (`build_segments`), so a document costs 16 bytes per
+        context token instead of all its segments' ids, masks and offsets.
+        """
         example = _as_example(example)
         if max_seq_len is None:
             positions = getattr(self.model.config, "max_position_embeddings", None) or 384
@@ -240,155 +296,204 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         question = example["question"].lstrip()
         question_ids = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
         question_len = min(len(question_ids["input_ids"]), max_question_len)
-        doc_stride = self._segment_geometry(question_len, max_seq_len, doc_stride)
         if self.uses_memxlnet_layout:
-            features = self._memxlnet_segments(example, max_seq_len, doc_stride, question_len)
+            config = self.model.config
+            template = segment_template(
+                question_ids["input_ids"][:question_len],
+                max_seq_length=max_seq_len,
+                special_ids=special_token_ids(self.tokenizer),
+                memory_read_ids=config.mem_read_token_ids or (),
+                memory_write_ids=config.mem_write_token_ids or (),
+            )
         else:
             question = question[: question_ids["offset_mapping"][question_len - 1][1]] if question_len else question
-            features = self._tokenizer_segments(question, example["context"], max_seq_len, doc_stride)
-        return {"example": example, **features}
-
-    def _memxlnet_segments(self, example, max_seq_len, doc_stride, question_len) -> dict:
-        config = self.model.config
-        rows = prepare_qa_features(
-            self.tokenizer,
-            [example["question"]],
-            [example["context"]],
-            max_seq_length=max_seq_len,
-            doc_stride=doc_stride,
-            max_query_length=question_len,
-            memory_read_ids=config.mem_read_token_ids or (),
-            memory_write_ids=config.mem_write_token_ids or (),
-        )
+            template = self._tokenizer_template(question, max_seq_len)
+        budget = self._context_budget(template, question_len, doc_stride)
+        doc_stride = min(max_seq_len // 2, 128, budget - 1) if doc_stride is None else doc_stride
+        context = self._tokenize_context(example["context"])
+        starts = window_starts(len(context["context_ids"]), budget, doc_stride)
         return {
-            "input_ids": torch.tensor(rows["input_ids"][0]),
-            "attention_mask": torch.tensor(rows["attention_mask"][0]),
-            "token_type_ids": torch.tensor(rows["token_type_ids"][0]),
-            "offset_mapping": offsets_array(rows["offset_mapping"][0]),
+            "example": example,
+            "template": template,
+            **context,
+            "window_starts": starts,
+            "window_stops": np.minimum(starts + budget, len(context["context_ids"])),
+            "num_segments": len(starts),
         }
 
-    def _tokenizer_segments(self, question, context, max_seq_len, doc_stride) -> dict:
-        """v4 chunking with the tokenizer's template: question first unless the tokenizer pads left (XLNet)."""
+    def _tokenizer_template(self, question: str, max_seq_len: int) -> dict:
+        """The tokenizer's (question, context) layout, as transformers v4 chunked it: question first unless the
+        tokenizer pads left (XLNet), read off one encoding with the pad token standing in for the context."""
         question_first = self.tokenizer.padding_side == "right"
+        probe = self.tokenizer.pad_token
         encoded = self.tokenizer(
-            question if question_first else context,
-            context if question_first else question,
-            truncation="only_second" if question_first else "only_first",
-            max_length=max_seq_len,
-            stride=doc_stride,
-            padding="max_length",
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
+            *((question, probe) if question_first else (probe, question)),
             return_token_type_ids=True,
-            return_tensors="pt",
+            return_attention_mask=False,
         )
         context_index = 1 if question_first else 0
-        offsets = encoded["offset_mapping"].tolist()
-        offset_mapping = [
-            [tuple(pair) if sequence == context_index else None for pair, sequence in zip(row, encoded.sequence_ids(i))]
-            for i, row in enumerate(offsets)
-        ]
+        slot = [i for i, sequence in enumerate(encoded.sequence_ids()) if sequence == context_index]
+        ids, types = np.asarray(encoded["input_ids"]), np.asarray(encoded["token_type_ids"])
         return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "token_type_ids": encoded["token_type_ids"],
-            "offset_mapping": offsets_array(offset_mapping),
+            "max_seq_length": max_seq_len,
+            "before_ids": ids[: slot[0]],
+            "before_types": types[: slot[0]],
+            "context_type": int(types[slot[0]]),
+            "after_ids": ids[slot[-1] + 1:],
+            "after_types": types[slot[-1] + 1:],
+            "pad_id": self.tokenizer.pad_token_id,
+            "pad_type": self.tokenizer.pad_token_type_id,
+            "pad_left": not question_first,
         }
 
-    def _forward(self, model_inputs, batch_size=1):
-        """Logits of every segment of a batch of documents, `(segments, max_seq_len)` per document."""
-        documents = model_inputs["documents"]
-        if self.num_memory_tokens:
-            start, end = self._forward_with_memory(documents)
-        else:
-            start, end = self._forward_independent(documents, batch_size)
-        return {"start_logits": start, "end_logits": end}
+    def _context_budget(self, template: dict, question_len: int, doc_stride: int | None) -> int:
+        """Context tokens per segment; a ValueError when none fit or `doc_stride` does not leave room to advance."""
+        budget = template_budget(template)
+        max_seq_len = template["max_seq_length"]
+        if budget < 1:
+            raise ValueError(
+                f"max_seq_len={max_seq_len} is too small: the question ({question_len} tokens), "
+                f"{2 * self.num_memory_tokens} memory tokens and the special tokens leave no room for the context. "
+                "Fix: raise max_seq_len or lower max_question_len."
+            )
+        if doc_stride is not None and doc_stride >= budget:
+            raise ValueError(
+                f"doc_stride={doc_stride} must be smaller than the {budget} context tokens that max_seq_len="
+                f"{max_seq_len} leaves per segment after the question and special/memory tokens. Fix: lower "
+                "doc_stride or raise max_seq_len."
+            )
+        return budget
 
-    def _forward_with_memory(self, documents):
+    def _tokenize_context(self, context: str) -> dict:
+        """Token ids, character offsets and word ids of the context, as `prepare_qa_features` tokenizes it, in int32
+        arrays. Tokenized piece by piece (`_cuts`), so no encoding of the whole document is ever held."""
+        bounds = [0, *self._cuts(context), len(context)]
+        ids, offsets, words = _join_pieces([self._encode(context[a:b]) for a, b in zip(bounds, bounds[1:])], bounds)
+        return {"context_ids": ids, "context_offsets": offsets, "word_ids": words}
+
+    def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        encoded = self.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return (
+            np.asarray(encoded["input_ids"], dtype=np.int32),
+            np.asarray(encoded["offset_mapping"], dtype=np.int32).reshape(-1, 2),
+            np.asarray(encoded.word_ids(), dtype=np.int32),
+        )
+
+    def _cuts(self, context: str) -> Iterator[int]:
+        """Cut positions about `CONTEXT_PIECE_CHARS` apart, before whitespace, where the text around the cut gives the
+        same ids, offsets and words whole as in two parts. At the first cut that fails that check the rest of the
+        context stays whole, so the pieces always give exactly the tokens of the whole context."""
+        position = CONTEXT_PIECE_CHARS
+        while match := CUT_BEFORE_WHITESPACE.search(context, position):
+            cut = match.start()
+            left, right = max(cut - CUT_CHECK_CHARS, 0), cut + CUT_CHECK_CHARS
+            whole = self._encode(context[left:right])
+            parts = _join_pieces([self._encode(context[left:cut]), self._encode(context[cut:right])], [0, cut - left])
+            if not all(np.array_equal(a, b) for a, b in zip(whole, parts)):
+                return
+            yield cut
+            position = cut + CONTEXT_PIECE_CHARS
+
+    def _segments(self, documents: list[dict], rows: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """Segment arrays (`build_segments`) of `rows`, (document, segment) pairs, grouped by consecutive document."""
+        parts = []
+        for index, group in groupby(rows, key=itemgetter(0)):
+            document = documents[index]
+            segments = np.fromiter((segment for _, segment in group), dtype=np.int64)
+            parts.append(build_segments(
+                document["template"], document["context_ids"], document["context_offsets"],
+                document["window_starts"][segments], document["window_stops"][segments],
+            ))
+        return {name: np.concatenate([part[name] for part in parts]) for name in SEGMENT_ARRAYS}
+
+    def _model_inputs(self, segments: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(segments[name]).to(self.device) for name in self.model_input_names}
+
+    def segment_logits(self, documents: list[dict], batch_size: int = 1) -> Iterator[tuple]:
+        """`(rows, start_logits, end_logits, segments)` per forward pass over preprocessed `documents`.
+
+        `rows` are the (document, segment) pairs of the logits rows, each document's segments in order; `segments`
+        holds their `build_segments` arrays. Memory models run time-step-major, others `batch_size` segments at once.
+        """
+        if self.num_memory_tokens:
+            yield from self._memory_passes(documents)
+        else:
+            yield from self._independent_passes(documents, batch_size)
+
+    def _memory_passes(self, documents):
         """Time-step-major: step t runs segment t of every document that has one, carrying each one's memory.
 
         Documents are sorted by length, so the documents still running at step t are a prefix of the batch and a
         finished document simply leaves the batch (what `segment_mask=False` does, without computing its row).
         """
-        lengths = torch.tensor([len(document["input_ids"]) for document in documents])
-        order = torch.argsort(lengths, descending=True, stable=True)
-        sorted_lengths = lengths[order]
-        stacked = {
-            name: torch.nn.utils.rnn.pad_sequence([documents[i][name] for i in order.tolist()], batch_first=True)
-            for name in self.model_input_names
-        }  # (documents, steps, max_seq_len)
-        num_documents, num_steps, seq_len = stacked["input_ids"].shape
-        start = torch.zeros(num_documents, num_steps, seq_len)
-        end = torch.zeros(num_documents, num_steps, seq_len)
-        memory_state = self.model.get_initial_memory_state(num_documents)
-        for step in range(num_steps):
-            active = int((sorted_lengths > step).sum())
-            outputs = self.model(
-                **{name: tensor[:active, step] for name, tensor in stacked.items()},
-                memory_state=memory_state[:active],
-            )
+        order = sorted(range(len(documents)), key=lambda i: -documents[i]["num_segments"])
+        memory_state = self.model.get_initial_memory_state(len(documents))
+        for step in range(documents[order[0]]["num_segments"]):
+            rows = [(i, step) for i in order if documents[i]["num_segments"] > step]
+            segments = self._segments(documents, rows)
+            outputs = self.model(**self._model_inputs(segments), memory_state=memory_state[: len(rows)])
             memory_state = outputs.memory_state
-            start[:active, step], end[:active, step] = outputs.start_logits.float(), outputs.end_logits.float()
-        restore = torch.argsort(order)
-        return (
-            [start[rank, :length] for rank, length in zip(restore.tolist(), lengths.tolist())],
-            [end[rank, :length] for rank, length in zip(restore.tolist(), lengths.tolist())],
-        )
+            yield rows, outputs.start_logits, outputs.end_logits, segments
 
-    def _forward_independent(self, documents, batch_size):
+    def _independent_passes(self, documents, batch_size):
         """Segments do not see each other: run all segments of the batch `batch_size` rows at a time (as v4)."""
-        rows = {name: torch.cat([document[name] for document in documents]) for name in self.model_input_names}
-        starts, ends = [], []
-        for first in range(0, len(rows["input_ids"]), batch_size):
-            outputs = self.model(**{name: tensor[first:first + batch_size] for name, tensor in rows.items()})
-            starts.append(outputs.start_logits.float())
-            ends.append(outputs.end_logits.float())
-        lengths = [len(document["input_ids"]) for document in documents]
-        return list(torch.cat(starts).split(lengths)), list(torch.cat(ends).split(lengths))
+        rows = ((i, segment) for i, document in enumerate(documents) for segment in range(document["num_segments"]))
+        while chunk := list(islice(rows, batch_size)):
+            segments = self._segments(documents, chunk)
+            outputs = self.model(**self._model_inputs(segments))
+            yield chunk, outputs.start_logits, outputs.end_logits, segments
 
-    def postprocess(
+    def _forward(
         self,
-        model_outputs,
+        model_inputs,
+        batch_size=1,
         top_k=1,
-        handle_impossible_answer=False,
-        max_answer_len=DEFAULT_MAX_ANSWER_LEN,
-        align_to_words=True,
         n_best_size=DEFAULT_N_BEST_SIZE,
-        null_score_diff_threshold=0.0,
+        max_answer_len=DEFAULT_MAX_ANSWER_LEN,
+        handle_impossible_answer=False,
         null_score_reduction=None,
     ):
-        """Answers of one document from the logits of all its segments, with run_qa.py's n-best / null logic."""
+        """The running n-best (`RunningNBest`) of every document of a batch; logits are reduced pass by pass."""
+        documents = model_inputs["documents"]
+        reduction = null_score_reduction or getattr(self.model.config, "null_score_reduction", None) or "min"
+        size = max(n_best_size, top_k)
+        best = [RunningNBest(size, reduction) for _ in documents]
+        for rows, start_logits, end_logits, segments in self.segment_logits(documents, batch_size):
+            # float64 as run_qa's postprocessing, so sums and ties come out the same
+            start = start_logits.float().cpu().numpy().astype(np.float64)
+            end = end_logits.float().cpu().numpy().astype(np.float64)
+            offsets = segments["offset_mapping"]
+            candidates = span_candidates(start, end, offsets[..., 0] >= 0, size, max_answer_len)
+            row_index = np.arange(len(rows))[:, None]
+            candidates["char_start"] = offsets[row_index, candidates.pop("start"), 0]
+            candidates["char_end"] = offsets[row_index, candidates.pop("end"), 1]
+            cls = None
+            if handle_impossible_answer:
+                cls = find_cls_positions(segments["input_ids"], self.tokenizer.cls_token_id)
+            first = 0
+            for index, group in groupby(rows, key=itemgetter(0)):
+                part = slice(first, first + len(list(group)))
+                nulls = None if cls is None else {"start": start[part], "end": end[part], "cls": cls[part]}
+                best[index].update({name: value[part] for name, value in candidates.items()}, nulls)
+                first = part.stop
+        return {"best": best}
+
+    def postprocess(self, model_outputs, top_k=1, align_to_words=True, null_score_diff_threshold=0.0):
+        """Answers of one document from its n-best spans and null score, with run_qa.py's n-best / null logic."""
         context = model_outputs["example"]["context"]
-        start_logits, end_logits = model_outputs["start_logits"], model_outputs["end_logits"]
-        feature = {
-            "example_id": 0,
-            "input_ids": model_outputs["input_ids"].tolist(),
-            "offset_mapping": model_outputs["offset_mapping"],
-            "num_segments": len(start_logits),
-        }
-        result = postprocess_qa_predictions(
-            [{"id": 0, "context": context}],
-            [feature],
-            start_logits.numpy()[None],
-            end_logits.numpy()[None],
-            cls_token_id=self.tokenizer.cls_token_id,
-            version_2_with_negative=handle_impossible_answer,
-            n_best_size=max(n_best_size, top_k),
-            max_answer_length=max_answer_len,
-            null_score_diff_threshold=null_score_diff_threshold,
-            null_score_reduction=null_score_reduction or getattr(self.model.config, "null_score_reduction", "min"),
-        )
-        prediction = result["predictions"][0]
+        best = model_outputs["best"]
+        result = nbest_answers(best.candidates(context), best.null, null_score_diff_threshold)
+        prediction = result["prediction"]
         # The prediction first (it may be "" by the null-score threshold), then the other n-best answers.
-        entries = sorted(result["nbest"][0], key=lambda entry: entry["text"] != prediction)
+        entries = sorted(result["nbest"], key=lambda entry: entry["text"] != prediction)
         answers, seen = [], set()
-        word_encoding = None
         for entry in entries:
             start, end = entry["start"], entry["end"]
             if align_to_words and end > start:
-                if word_encoding is None:
-                    word_encoding = self.tokenizer(context, add_special_tokens=False)
-                start, end = self._align_to_words(word_encoding, start, end)
+                start, end = self._align_to_words(model_outputs, start, end)
             if (start, end) in seen:
                 continue
             seen.add((start, end))
@@ -398,30 +503,40 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         return answers[0] if top_k == 1 else answers
 
     @staticmethod
-    def _align_to_words(encoding, start: int, end: int) -> tuple[int, int]:
-        """Widen a character span to the words (as the tokenizer splits them) that it touches."""
-        first_token, last_token = encoding.char_to_token(start), encoding.char_to_token(end - 1)
-        if first_token is not None:
-            start = encoding.word_to_chars(encoding.token_to_word(first_token)).start
-        if last_token is not None:
-            end = encoding.word_to_chars(encoding.token_to_word(last_token)).end
-        return start, end
+    def _align_to_words(document: dict, start: int, end: int) -> tuple[int, int]:
+        """Widen a character span to the words (as the tokenizer splits them) that it touches.
+
+        The lookups of the tokenizers `Encoding` (`char_to_token`, `token_to_word`, `word_to_chars`), vectorised over
+        the compact arrays kept from preprocessing instead of tokenizing the context again.
+        """
+        char_starts, char_ends = document["context_offsets"][:, 0], document["context_offsets"][:, 1]
+        words = document["word_ids"]
+
+        def word_span(position: int) -> tuple[int, int] | None:
+            tokens = np.flatnonzero((char_starts <= position) & (position < char_ends))
+            if not len(tokens):
+                return None
+            word = words[tokens[0]]
+            later = np.flatnonzero(words > word)
+            same = np.flatnonzero(words[: later[0] if len(later) else len(words)] == word)
+            return int(char_starts[same[0]]), int(char_ends[same[-1]])
+
+        first, last = word_span(start), word_span(end - 1)
+        return (first[0] if first else start), (last[1] if last else end)
 
     def _answer_stream(self, examples, batch_size, preprocess_params, forward_params, postprocess_params) -> Iterator:
         """Answers in input order; documents of similar length share a batch."""
         iterator = iter(examples)
         while block := list(islice(iterator, batch_size * SORT_WINDOW_BATCHES)):
             documents = [self.preprocess(example, **preprocess_params) for example in block]
-            by_length = np.argsort([-len(document["input_ids"]) for document in documents], kind="stable")
+            by_length = np.argsort([-document["num_segments"] for document in documents], kind="stable")
             answers = [None] * len(documents)
             for first in range(0, len(documents), batch_size):
                 indices = by_length[first:first + batch_size].tolist()
-                model_inputs = [{name: documents[i][name] for name in self.model_input_names} for i in indices]
-                outputs = self.forward({"documents": model_inputs}, **forward_params)
-                for i, start, end in zip(indices, outputs["start_logits"], outputs["end_logits"]):
-                    answers[i] = self.postprocess(
-                        {**documents[i], "start_logits": start, "end_logits": end}, **postprocess_params
-                    )
+                outputs = self.forward({"documents": [documents[i] for i in indices]}, **forward_params)
+                for i, best in zip(indices, outputs["best"]):
+                    answers[i] = self.postprocess({**documents[i], "best": best}, **postprocess_params)
+                    documents[i] = None  # answered: its arrays can go
             yield from answers
 
 
@@ -431,4 +546,4 @@ MemXLNetQuestionAnsweringPipeline._registered_impl = {
     "question-answering": {"impl": MemXLNetQuestionAnsweringPipeline, "pt": (AutoModelForQuestionAnswering,)}
 }
 
-__all__ = ["MemXLNetQuestionAnsweringPipeline", "normalize_qa_inputs"]
+__all__ = ["MemXLNetQuestionAnsweringPipeline", "RunningNBest", "normalize_qa_inputs"]

@@ -51,6 +51,95 @@ def char_span_to_token_span(
     return first, last
 
 
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The <cls>, <sep> and <pad> ids the segment layout needs; a ValueError naming the missing ones."""
+    special_ids = {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "pad": tokenizer.pad_token_id}
+    missing = [name for name, value in special_ids.items() if value is None]
+    if missing:
+        raise ValueError(f"The tokenizer has no {', '.join(missing)} token. Fix: use an XLNet-style tokenizer.")
+    return special_ids
+
+
+def segment_template(
+    question_ids: Sequence[int],
+    *,
+    max_seq_length: int,
+    special_ids: dict[str, int],
+    memory_read_ids: Sequence[int] = (),
+    memory_write_ids: Sequence[int] = (),
+) -> dict:
+    """The tokens around the context window, the same in every segment of a document (layout in the module docstring).
+
+    `build_segments` fills in the windows; the QA pipeline builds templates for other tokenizers' layouts too.
+    """
+    m = len(memory_read_ids)
+    if len(memory_write_ids) != m:
+        raise ValueError(f"Got {m} memory read ids but {len(memory_write_ids)} write ids; they must match.")
+    after_ids = np.concatenate(
+        [[special_ids["sep"]], np.asarray(question_ids, dtype=np.int64), [special_ids["sep"]],
+         np.asarray(memory_write_ids, dtype=np.int64), [special_ids["cls"]]]
+    ).astype(np.int64)
+    return {
+        "max_seq_length": max_seq_length,
+        "before_ids": np.asarray(memory_read_ids, dtype=np.int64),
+        "before_types": np.full(m, CONTEXT_TYPE_ID, dtype=np.int64),
+        "context_type": CONTEXT_TYPE_ID,
+        "after_ids": after_ids,
+        "after_types": np.concatenate(
+            [[CONTEXT_TYPE_ID], np.full(len(after_ids) - 2, QUESTION_TYPE_ID), [CLS_TYPE_ID]]
+        ).astype(np.int64),
+        "pad_id": special_ids["pad"],
+        "pad_type": CONTEXT_TYPE_ID,
+        "pad_left": True,
+    }
+
+
+def template_budget(template: dict) -> int:
+    """Context tokens per segment that `template` leaves."""
+    return template["max_seq_length"] - len(template["before_ids"]) - len(template["after_ids"])
+
+
+def build_segments(
+    template: dict, context_ids: np.ndarray, context_offsets: np.ndarray, starts: np.ndarray, stops: np.ndarray
+) -> dict:
+    """Segments of the context windows [starts, stops), vectorised: the template with each window in its slot.
+
+    Returns `input_ids`, `attention_mask`, `token_type_ids` as (windows, max_seq_length) int64 arrays,
+    `offset_mapping` as (windows, max_seq_length, 2) int64 with -1 outside the context, and `context_start`, the
+    position of each window's first context token. Built on demand, so a long document never holds all its segments.
+    """
+    length = template["max_seq_length"]
+    before, after = template["before_ids"], template["after_ids"]
+    starts, stops = np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64)
+    window = (stops - starts)[:, None]
+    content = len(before) + window + len(after)
+    first = length - content if template["pad_left"] else np.zeros_like(content)
+    relative = np.arange(length)[None, :] - first  # position inside the unpadded segment
+    in_before = (relative >= 0) & (relative < len(before))
+    in_context = (relative >= len(before)) & (relative < len(before) + window)
+    in_after = (relative >= len(before) + window) & (relative < content)
+    token = (starts[:, None] + relative - len(before))[in_context]
+    after_index = (relative - len(before) - window)[in_after]
+
+    input_ids = np.full(relative.shape, template["pad_id"], dtype=np.int64)
+    input_ids[in_before] = before[relative[in_before]]
+    input_ids[in_context] = context_ids[token]
+    input_ids[in_after] = after[after_index]
+    token_type_ids = np.full(relative.shape, template["pad_type"], dtype=np.int64)
+    token_type_ids[in_before] = template["before_types"][relative[in_before]]
+    token_type_ids[in_context] = template["context_type"]
+    token_type_ids[in_after] = template["after_types"][after_index]
+    offset_mapping = np.full((*relative.shape, 2), -1, dtype=np.int64)
+    offset_mapping[in_context] = context_offsets[token]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": ((relative >= 0) & (relative < content)).astype(np.int64),
+        "token_type_ids": token_type_ids,
+        "offset_mapping": offset_mapping,
+        "context_start": (first + len(before))[:, 0],
+    }
+
+
 def segment_document(
     question_ids: Sequence[int],
     context_ids: Sequence[int],
@@ -72,10 +161,11 @@ def segment_document(
     index when the answer, characters `answer_char_span` of the context or None for no answer, is not entirely
     inside the segment's window) and the document's `global_start_position`/`global_end_position`.
     """
-    m = len(memory_read_ids)
-    if len(memory_write_ids) != m:
-        raise ValueError(f"Got {m} memory read ids but {len(memory_write_ids)} write ids; they must match.")
-    budget = context_budget(max_seq_length, m, len(question_ids))
+    template = segment_template(
+        question_ids, max_seq_length=max_seq_length, special_ids=special_ids, memory_read_ids=memory_read_ids,
+        memory_write_ids=memory_write_ids,
+    )
+    budget = template_budget(template)
     if budget <= doc_stride:
         raise ValueError(
             f"A question of {len(question_ids)} tokens leaves {budget} context tokens per segment, not more than "
@@ -87,51 +177,29 @@ def segment_document(
     num_windows = len(starts)
     if max_n_segs is not None:
         starts = starts[:max_n_segs]
+    stops = np.minimum(starts + budget, len(context_ids))
+    segments = build_segments(template, context_ids, offsets, starts, stops)
 
-    cls_index = max_seq_length - 1
-    read = np.asarray(memory_read_ids, dtype=np.int64)
-    tail = np.concatenate(
-        [[special_ids["sep"]], np.asarray(question_ids, dtype=np.int64), [special_ids["sep"]],
-         np.asarray(memory_write_ids, dtype=np.int64), [special_ids["cls"]]]
-    )
-    tail_types = np.concatenate(
-        [[CONTEXT_TYPE_ID], np.full(len(tail) - 2, QUESTION_TYPE_ID), [CLS_TYPE_ID]]
-    )
-    answer_tokens = None
-    if answer_char_span is not None and len(context_ids):
-        answer_tokens = char_span_to_token_span(offsets[:, 0], offsets[:, 1], *answer_char_span)
-
-    out = {key: [] for key in ("input_ids", "attention_mask", "token_type_ids", "offset_mapping")}
-    if with_labels:
-        out["start_positions"], out["end_positions"] = [], []
-    for start in starts:
-        stop = min(start + budget, len(context_ids))
-        window_len = stop - start
-        num_pad = max_seq_length - (m + window_len + len(tail))
-        ids = np.concatenate(
-            [np.full(num_pad, special_ids["pad"]), read, context_ids[start:stop], tail]
-        )
-        types = np.concatenate([np.zeros(num_pad + m + window_len, dtype=np.int64), tail_types])
-        mask = np.concatenate([np.zeros(num_pad, dtype=np.int64), np.ones(max_seq_length - num_pad, dtype=np.int64)])
-        context_first = num_pad + m
+    out = {name: segments[name].tolist() for name in ("input_ids", "attention_mask", "token_type_ids")}
+    out["offset_mapping"] = []
+    for start, stop, context_first in zip(starts.tolist(), stops.tolist(), segments["context_start"].tolist()):
         segment_offsets = [None] * max_seq_length
-        segment_offsets[context_first:context_first + window_len] = offsets[start:stop].tolist()
-        out["input_ids"].append(ids.tolist())
-        out["attention_mask"].append(mask.tolist())
-        out["token_type_ids"].append(types.tolist())
+        segment_offsets[context_first:context_first + stop - start] = offsets[start:stop].tolist()
         out["offset_mapping"].append(segment_offsets)
-        if with_labels:
-            label = (cls_index, cls_index)
-            if answer_tokens is not None and start <= answer_tokens[0] <= answer_tokens[1] < stop:
-                label = (int(context_first + answer_tokens[0] - start), int(context_first + answer_tokens[1] - start))
-            out["start_positions"].append(label[0])
-            out["end_positions"].append(label[1])
     out["num_segments"] = len(starts)
     out["num_windows"] = num_windows
     if with_labels:
+        cls_index = max_seq_length - 1
+        start_labels = np.full(len(starts), cls_index)
+        end_labels = np.full(len(starts), cls_index)
+        if answer_char_span is not None and len(context_ids):
+            first, last = char_span_to_token_span(offsets[:, 0], offsets[:, 1], *answer_char_span)
+            inside = (starts <= first) & (first <= last) & (last < stops)
+            start_labels = np.where(inside, segments["context_start"] + first - starts, cls_index)
+            end_labels = np.where(inside, segments["context_start"] + last - starts, cls_index)
+        out["start_positions"], out["end_positions"] = start_labels.tolist(), end_labels.tolist()
         global_start, global_end = global_span_labels(
-            np.asarray([out["start_positions"]]), np.asarray([out["end_positions"]]), np.asarray([len(starts)]),
-            cls_index,
+            start_labels[None], end_labels[None], np.asarray([len(starts)]), cls_index
         )
         out["global_start_position"], out["global_end_position"] = int(global_start[0]), int(global_end[0])
     return out
@@ -158,10 +226,7 @@ def prepare_qa_features(
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("prepare_qa_features needs a fast tokenizer (offset mappings). Fix: load it with AutoTokenizer.")
-    special_ids = {"cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "pad": tokenizer.pad_token_id}
-    missing = [name for name, value in special_ids.items() if value is None]
-    if missing:
-        raise ValueError(f"The tokenizer has no {', '.join(missing)} token. Fix: use an XLNet-style tokenizer.")
+    special_ids = special_token_ids(tokenizer)
     check_segment_geometry(max_seq_length, doc_stride, len(memory_read_ids), max_query_length)
     question_enc = tokenizer([q.lstrip() for q in questions], add_special_tokens=False)
     context_enc = tokenizer(list(contexts), add_special_tokens=False, return_offsets_mapping=True)
@@ -258,17 +323,18 @@ def null_score(start_logits, end_logits, cls_positions, reduction: str) -> float
     raise ValueError(f"Unknown null_score_reduction={reduction!r}. Fix: use 'min' or 'last'.")
 
 
-def best_spans(
+def span_candidates(
     start_logits: np.ndarray,
     end_logits: np.ndarray,
     context_mask: np.ndarray,
     n_best_size: int,
     max_answer_length: int,
-) -> list[tuple[int, int, int]]:
-    """Top `n_best_size` (segment, start, end) spans of one document, scored by start + end logit.
+) -> dict[str, np.ndarray]:
+    """Every segment's top-k starts x top-k ends, vectorised over segments; each array (segments, k * k).
 
-    Top-k starts x top-k ends per segment, vectorised over all segments; spans must lie in the context, with
-    end >= start and at most `max_answer_length` tokens.
+    `start`/`end` are positions, `start_logit`/`end_logit` their logits and `score` their sum, -inf where the span
+    leaves the context, ends before it starts or is longer than `max_answer_length` tokens. Row-major order within a
+    segment (better start first, then better end) breaks ties.
     """
     start_masked = np.where(context_mask, start_logits, -np.inf)
     end_masked = np.where(context_mask, end_logits, -np.inf)
@@ -280,18 +346,67 @@ def best_spans(
     scores = start_scores[:, :, None] + end_scores[:, None, :]
     length = top_ends[:, None, :] - top_starts[:, :, None] + 1
     valid = np.isfinite(scores) & (length >= 1) & (length <= max_answer_length)
-    scores = np.where(valid, scores, -np.inf)
-    flat = scores.reshape(-1)
+    shape = (len(scores), k * k)
+    return {
+        "start": np.broadcast_to(top_starts[:, :, None], scores.shape).reshape(shape),
+        "end": np.broadcast_to(top_ends[:, None, :], scores.shape).reshape(shape),
+        "start_logit": np.broadcast_to(start_scores[:, :, None], scores.shape).reshape(shape),
+        "end_logit": np.broadcast_to(end_scores[:, None, :], scores.shape).reshape(shape),
+        "score": np.where(valid, scores, -np.inf).reshape(shape),
+    }
+
+
+def best_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    context_mask: np.ndarray,
+    n_best_size: int,
+    max_answer_length: int,
+) -> list[tuple[int, int, int]]:
+    """Top `n_best_size` (segment, start, end) spans of one document, scored by start + end logit.
+
+    Top-k starts x top-k ends per segment (`span_candidates`); spans must lie in the context, with end >= start and
+    at most `max_answer_length` tokens. Ties: earlier segment first, then the in-segment order.
+    """
+    candidates = span_candidates(start_logits, end_logits, context_mask, n_best_size, max_answer_length)
+    flat = candidates["score"].reshape(-1)
     order = np.argsort(-flat, kind="stable")[:n_best_size]
     order = order[np.isfinite(flat[order])]
-    segments, start_rank, end_rank = np.unravel_index(order, scores.shape)
-    return list(
-        zip(
-            segments.tolist(),
-            top_starts[segments, start_rank].tolist(),
-            top_ends[segments, end_rank].tolist(),
-        )
-    )
+    segments = order // candidates["score"].shape[1]
+    starts, ends = candidates["start"].reshape(-1)[order], candidates["end"].reshape(-1)[order]
+    return list(zip(segments.tolist(), starts.tolist(), ends.tolist()))
+
+
+def nbest_answers(
+    candidates: list[dict],
+    null: float | None,
+    null_score_diff_threshold: float = 0.0,
+) -> dict:
+    """Prediction and n-best list of one document from its best spans (best first) and its null score.
+
+    `candidates` have `text`, `start_logit`, `end_logit`, `start`, `end`; `null` is None without
+    `version_2_with_negative`. Returns `prediction` ("" when the null score beats the best span by more than
+    `null_score_diff_threshold`), `best_non_null`, `nbest` (entries with `probability`) and `null_odds`.
+    """
+    if not candidates:
+        candidates = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
+    best = candidates[0]
+    entries = list(candidates)
+    result = {"prediction": best["text"], "best_non_null": best["text"], "null_odds": None}
+    if null is not None:
+        entries.append({"text": "", "start_logit": null / 2, "end_logit": null / 2, "start": 0, "end": 0})
+        entries.sort(key=lambda entry: entry["start_logit"] + entry["end_logit"], reverse=True)
+        score_diff = null - best["start_logit"] - best["end_logit"]
+        result["null_odds"] = float(score_diff)
+        if score_diff > null_score_diff_threshold:
+            result["prediction"] = ""
+    scores = np.array([e["start_logit"] + e["end_logit"] for e in entries])
+    probabilities = np.exp(scores - scores.max())
+    probabilities /= probabilities.sum()
+    result["nbest"] = [
+        {**entry, "probability": float(probability)} for entry, probability in zip(entries, probabilities)
+    ]
+    return result
 
 
 def postprocess_qa_predictions(
@@ -340,35 +455,30 @@ def postprocess_qa_predictions(
             }
             for s, a, b in spans
         ]
-        if not candidates:
-            candidates = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
-        best = candidates[0]
-        entries = list(candidates)
+        null = None
         if version_2_with_negative:
             cls_positions = find_cls_positions(np.asarray(feature["input_ids"][:num_segments]), cls_token_id)
             null = null_score(doc_start, doc_end, cls_positions, null_score_reduction)
-            entries.append({"text": "", "start_logit": null / 2, "end_logit": null / 2, "start": 0, "end": 0})
-            entries.sort(key=lambda entry: entry["start_logit"] + entry["end_logit"], reverse=True)
-            score_diff = null - best["start_logit"] - best["end_logit"]
-            null_odds[example_id] = float(score_diff)
-            predictions[example_id] = "" if score_diff > null_score_diff_threshold else best["text"]
-        else:
-            predictions[example_id] = best["text"]
-        scores = np.array([e["start_logit"] + e["end_logit"] for e in entries])
-        probabilities = np.exp(scores - scores.max())
-        probabilities /= probabilities.sum()
-        nbest_json[example_id] = [
-            {**entry, "probability": float(probability)} for entry, probability in zip(entries, probabilities)
-        ]
-        best_non_null[example_id] = best["text"]
+        answers = nbest_answers(candidates, null, null_score_diff_threshold)
+        predictions[example_id] = answers["prediction"]
+        best_non_null[example_id] = answers["best_non_null"]
+        nbest_json[example_id] = answers["nbest"]
+        if version_2_with_negative:
+            null_odds[example_id] = answers["null_odds"]
     return {"predictions": predictions, "best_non_null": best_non_null, "nbest": nbest_json, "null_odds": null_odds}
 
 
 __all__ = [
+    "best_spans",
+    "build_segments",
     "check_segment_geometry",
     "context_budget",
     "global_span_labels",
+    "nbest_answers",
     "postprocess_qa_predictions",
     "prepare_qa_features",
     "segment_document",
+    "segment_template",
+    "span_candidates",
+    "special_token_ids",
 ]
