@@ -19,11 +19,12 @@ takes a `MemoryTransformerConfig`, which only needs the host's `hidden_size`, `n
 - `memory_router_statistics(router_logits, top_k, attention_mask)` -> load-balance loss, z-loss and chapter usage.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -159,12 +160,15 @@ class MemoryRoutingState:
     """Causal routing summary of every position a memory layer has processed so far.
 
     query_sum / query_count: sum and number of the routing queries of non-padding tokens, `(batch, 1, d)` /
-    `(batch, 1, 1)`.
+    `(batch, 1, 1)`, up to the pending tokens.
     chunk_logits: router logits of the chunk the next position may continue, `(batch, 1, num_routed_chapters)`.
     num_positions: positions processed so far (padding included), which fixes where the next chunk starts.
-    chunk_memory: the transposed keys, values and chapter-weight bias gathered for that chunk
-    (`(kv_heads, batch, ...)`, see `MemoryTransformerMemoryBlock._gather_chapters`), so decoding steps inside a chunk
-    reuse them instead of gathering again.
+    chunk_memory: the keys, values `(batch, kv_heads, S, head_dim)` and chapter-weight bias `(batch, 1, 1, S)` gathered
+    for that chunk (see `MemoryTransformerMemoryBlock._gather_chapters`), so decoding steps inside a chunk reuse them
+    instead of gathering again; `None` until a step needs them.
+    pending: `(routing_queries, token_mask)` of the calls since the last routing decision, not yet in the sums: they
+    only matter for the next decision, so decoding steps inside a chunk just append here and the next decision sums
+    them in its prefix matmul (no tensor ops per step).
     """
 
     query_sum: torch.Tensor
@@ -172,17 +176,19 @@ class MemoryRoutingState:
     chunk_logits: torch.Tensor
     num_positions: int
     chunk_memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    pending: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] = ()
 
     def index_batch(self, indices: torch.Tensor) -> "MemoryRoutingState":
-        chunk_memory = None
-        if self.chunk_memory is not None:
-            chunk_memory = tuple(tensor.index_select(1, indices) for tensor in self.chunk_memory)
+        def select(tensor):
+            return None if tensor is None else tensor.index_select(0, indices)
+
         return MemoryRoutingState(
-            self.query_sum.index_select(0, indices),
-            self.query_count.index_select(0, indices),
-            self.chunk_logits.index_select(0, indices),
+            select(self.query_sum),
+            select(self.query_count),
+            select(self.chunk_logits),
             self.num_positions,
-            chunk_memory,
+            None if self.chunk_memory is None else tuple(select(tensor) for tensor in self.chunk_memory),
+            tuple((select(queries), select(mask)) for queries, mask in self.pending),
         )
 
 
@@ -303,19 +309,20 @@ class MemoryTransformerChapterRouter(nn.Module):
         state: the state after the previous tokens of these sequences (`None` = they are the first tokens).
         Only the prefix sums at chunk starts (and the total, for the state) are formed, as one matmul with a 0/1
         prefix matrix: cheaper than a cumulative sum over every position, and exact (later positions contribute 0).
+        Tokens that start no chunk are only kept in `state.pending` until the next call that does.
         """
         batch_size, seq_len, _ = routing_queries.shape
         device = routing_queries.device
         offset = 0 if state is None else state.num_positions
+        num_positions = offset + seq_len
         decision_rows = list(range(-offset % self.chunk_size, seq_len, self.chunk_size))
-        if not decision_rows:  # decoding inside a chunk: only the running totals change
-            masked = routing_queries if token_mask is None else routing_queries * token_mask[..., None]
-            sums = state.query_sum + masked.float().sum(1, keepdim=True)
-            if token_mask is None:
-                counts = state.query_count + seq_len
-            else:
-                counts = state.query_count + token_mask.to(torch.float32).sum(1, keepdim=True)[..., None]
-            return state.chunk_logits, MemoryRoutingState(sums, counts, state.chunk_logits, offset + seq_len)
+        if not decision_rows:  # decoding inside a chunk: routing is unchanged
+            pending = state.pending + ((routing_queries, token_mask),)
+            return state.chunk_logits, replace(state, num_positions=num_positions, chunk_memory=None, pending=pending)
+        if state is not None and state.pending:  # the pending tokens precede every new decision row
+            routing_queries, token_mask = self._concatenate([*state.pending, (routing_queries, token_mask)])
+            decision_rows = [row + routing_queries.shape[1] - seq_len for row in decision_rows]
+            seq_len = routing_queries.shape[1]
         rows = torch.tensor(decision_rows + [seq_len - 1], device=device)
         prefix = (torch.arange(seq_len, device=device) <= rows[:, None]).float()
         if token_mask is not None:
@@ -329,8 +336,22 @@ class MemoryTransformerChapterRouter(nn.Module):
         chunk_logits = self.gate(means.to(self.gate.weight.dtype))
         if offset % self.chunk_size:
             chunk_logits = torch.cat([state.chunk_logits.to(chunk_logits.dtype), chunk_logits], dim=1)
-        new_state = MemoryRoutingState(sums[:, -1:], counts[:, -1:], chunk_logits[:, -1:], offset + seq_len)
+        new_state = MemoryRoutingState(sums[:, -1:], counts[:, -1:], chunk_logits[:, -1:], num_positions)
         return chunk_logits, new_state
+
+    @staticmethod
+    def _concatenate(
+        pieces: list[tuple[torch.Tensor, torch.Tensor | None]],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One `(routing_queries, token_mask)` pair from consecutive ones (a missing mask means all real tokens)."""
+        queries = torch.cat([piece for piece, _ in pieces], 1)
+        if all(mask is None for _, mask in pieces):
+            return queries, None
+        masks = [
+            torch.ones(piece.shape[:2], device=piece.device) if mask is None else mask.to(torch.float32)
+            for piece, mask in pieces
+        ]
+        return queries, torch.cat(masks, 1)
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chapter ids `(..., S + k)` (shared chapters first) and their mixing weights (shared 1, routed top-k
@@ -364,6 +385,49 @@ class MemoryTransformerZeroInitLinear(nn.Linear):
             init.normal_(self.weight, mean=0.0, std=self.init_std)
 
 
+class MemoryAttentionFunction(torch.autograd.Function):
+    """`softmax(query keys^T * scaling + bias) values` for `(batch, M, d)` queries, `(batch, S, d)` keys/values and a
+    `(batch, 1, S)` bias (or `None`), with dropout on the probabilities, as batched matmuls with a hand-written
+    backward. Autograd would keep the scores, the probabilities and two `(batch, M, S)` gradients alive; here the
+    probabilities overwrite the scores and the score gradient overwrites the probability gradient, the softmax
+    backward's row sums are `grad_out . out` (`M x d`) instead of `grad_probs . probs` (`M x S`), and the key gradient
+    comes out untransposed."""
+
+    @staticmethod
+    def forward(ctx, query, keys, values, bias, scaling: float, dropout: float):
+        if bias is None:
+            scores = torch.bmm(query, keys.mT).mul_(scaling)
+        else:
+            scores = torch.baddbmm(bias, query, keys.mT, alpha=scaling)
+        probs = torch.softmax(scores, -1, out=scores)
+        keep = None
+        if dropout > 0:
+            keep = torch.empty_like(probs).bernoulli_(1 - dropout).div_(1 - dropout)
+        out = torch.bmm(probs if keep is None else probs * keep, values)
+        ctx.save_for_backward(query, keys, values, probs, out, keep)
+        ctx.scaling, ctx.bias_shape = scaling, None if bias is None else bias.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        query, keys, values, probs, out, keep = ctx.saved_tensors
+        grad_query = grad_keys = grad_values = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.bmm((probs if keep is None else probs * keep).mT, grad_out)
+        grad_scores = torch.bmm(grad_out, values.mT)
+        if keep is not None:
+            grad_scores.mul_(keep)
+        grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        if ctx.needs_input_grad[0]:
+            grad_query = torch.bmm(grad_scores, keys).mul_(ctx.scaling)
+        if ctx.needs_input_grad[1]:
+            grad_keys = torch.bmm(grad_scores.mT, query).mul_(ctx.scaling)
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_scores.sum(1, keepdim=True).sum_to_size(ctx.bias_shape)
+        return grad_query, grad_keys, grad_values, grad_bias, None, None
+
+
 class MemoryTransformerMemoryBlock(nn.Module):
     """Pre-norm cross-attention from the token stream to a memory bank; returns a residual update.
 
@@ -373,7 +437,8 @@ class MemoryTransformerMemoryBlock(nn.Module):
     chunk attends to its shared chapters (weight 1) and its top-k routed chapters (renormalised router probabilities)
     in one softmax where each chapter's logits get a `log(weight)` bias, so the router is trained by the language-model
     loss. Only the selected chapters' keys/values are gathered, once per chunk (decoding steps inside a chunk reuse
-    them). Query heads that share a key/value head are stacked into one batched matmul (no repeated keys/values).
+    them). Keys/values are never repeated per query head: without autograd SDPA attends grouped-query style; with
+    autograd the query heads that share a key/value head are stacked into one batched matmul.
 
     The sub-module names (`memory_query`, `memory_key`, `memory_value`, `memory_output`) deliberately differ from the
     usual LoRA targets (`q_proj`, `v_proj`, ...).
@@ -417,10 +482,10 @@ class MemoryTransformerMemoryBlock(nn.Module):
     def _inference_projection(self, memory_bank: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """`project_memory` without autograd, reused across forward calls and generations for as long as the bank and
         the key/value weights are the same tensor objects, unmodified (in-place updates such as optimizer steps or
-        `load_state_dict` bump a tensor's version counter). The cache holds those tensors, so none can be freed and
-        replaced by a look-alike while it is in use."""
+        `load_state_dict` bump a tensor's version counter; `.to(dtype/device)` swaps `.data`, which changes its data
+        pointer). The cache holds those tensors, so none can be freed and replaced by a look-alike while in use."""
         tensors = [*memory_bank.parameters(), *memory_bank.buffers(), self.memory_key.weight, self.memory_value.weight]
-        versions = [tensor._version for tensor in tensors]
+        versions = [(tensor._version, tensor.data_ptr()) for tensor in tensors]
         cached = self._inference_key_values
         if (
             cached is None
@@ -453,14 +518,12 @@ class MemoryTransformerMemoryBlock(nn.Module):
             keys, values = project(memory_bank)
             if memory_cache is not None:
                 memory_cache.key_values[self.layer_idx] = (keys, values)
-        batch_size, seq_len, _ = hidden_states.shape
+        seq_len = hidden_states.shape[1]
         normed = self.memory_layernorm(hidden_states)
         query = self.memory_query(normed)
-        if self.router is None:  # one bank for every token: fold the batch into the query rows of each kv head
-            grouped = self._group_queries(query, 1).reshape(self.num_key_value_heads, 1, -1, self.head_dim)
-            attended = self._attend(grouped, keys.transpose(-1, -2), values, None)
-            attended = attended.view(self.num_key_value_heads, batch_size, -1, self.head_dim)
-            return self.memory_output(self._ungroup(attended, batch_size, 1)), None
+        if self.router is None:  # one bank for every token
+            attended = self._attend(query, keys.transpose(0, 1), values.transpose(0, 1), None, 1)
+            return self.memory_output(attended), None
         state = memory_cache.routing_states.get(self.layer_idx) if memory_cache is not None else None
         chunk_logits, new_state = self.router(normed, attention_mask, state)
         offset = state.num_positions if state is not None else 0
@@ -499,22 +562,43 @@ class MemoryTransformerMemoryBlock(nn.Module):
         return attended.permute(1, 2, 4, 0, 3, 5).reshape(batch_size, -1, self.num_heads * self.head_dim)
 
     def _attend(
-        self, query: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        bias: torch.Tensor | None,
+        num_groups_per_row: int,
     ) -> torch.Tensor:
-        """`softmax(query keys_t / sqrt(head_dim) + bias) values` with query `(kv_heads, groups, M, head_dim)`, keys_t
-        `(kv_heads, groups, head_dim, S)` (transposed keys; a view is fine), values `(kv_heads, groups, S, head_dim)`,
-        bias `(kv_heads, groups, 1, S)`. Written out as batched matmuls rather than SDPA: on CPU, SDPA falls back to its
-        slow math path whenever the bias needs a gradient (it trains the router)."""
-        scaling = self.head_dim**-0.5
-        query_3d, keys_3d, values_3d = query.flatten(0, 1), keys_t.flatten(0, 1), values.flatten(0, 1)
-        if bias is None:
-            scores = torch.bmm(query_3d, keys_3d).mul_(scaling)
-        else:
-            scores = torch.baddbmm(bias.flatten(0, 1), query_3d, keys_3d, alpha=scaling)
-        probs = scores.softmax(-1)
-        if self.training and self.dropout > 0:
-            probs = F.dropout(probs, p=self.dropout)
-        return torch.bmm(probs, values_3d).view(query.shape)
+        """`softmax(query keys^T / sqrt(head_dim) + bias) values` per group of consecutive query slots.
+
+        query `(batch, groups * group_len, heads * head_dim)`; keys/values `(batch * groups, kv_heads, S, head_dim)`, or
+        `(1, kv_heads, S, head_dim)` for one bank shared by every group; bias `(batch * groups, 1, 1, S)`. Returns the
+        attended values in the query's layout. Without autograd this is one fused SDPA call on strided views of the
+        query and output (no copies, no materialised scores). With autograd it is `MemoryAttentionFunction` on the
+        query heads stacked per kv head: on CPU, SDPA falls back to its slow math path whenever the bias needs a
+        gradient (it trains the router), and its fused backward is slower than these batched matmuls.
+        """
+        batch_size, length, _ = query.shape
+        if not torch.is_grad_enabled() and not (self.training and self.dropout > 0):
+            num_groups = batch_size * num_groups_per_row
+            if keys.shape[0] != num_groups:  # one bank for every group
+                keys, values = keys.expand(num_groups, -1, -1, -1), values.expand(num_groups, -1, -1, -1)
+            if length == num_groups_per_row:  # one token per group (decoding): its heads per kv head are the rows
+                heads = query.view(num_groups, self.num_key_value_heads, -1, self.head_dim)
+                return F.scaled_dot_product_attention(heads, keys, values, attn_mask=bias).reshape(query.shape)
+            heads = query.view(num_groups, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(heads, keys, values, attn_mask=bias, enable_gqa=True)
+            return attended.transpose(1, 2).reshape(query.shape)
+        grouped = self._group_queries(query, num_groups_per_row)
+        if keys.shape[0] == 1:  # one bank for every group: fold the groups into the query rows of each kv head
+            grouped = grouped.reshape(self.num_key_value_heads, 1, -1, self.head_dim)
+        keys, values = keys.transpose(0, 1).flatten(0, 1), values.transpose(0, 1).flatten(0, 1)
+        if bias is not None:
+            bias = bias.transpose(0, 1).expand(self.num_key_value_heads, -1, -1, -1).flatten(0, 1)
+        attended = MemoryAttentionFunction.apply(
+            grouped.flatten(0, 1), keys, values, bias, self.head_dim**-0.5, self.dropout if self.training else 0.0
+        )
+        return self._ungroup(attended, batch_size, num_groups_per_row)
 
     def _attend_chapters(
         self,
@@ -532,8 +616,10 @@ class MemoryTransformerMemoryBlock(nn.Module):
         `min(chunk_size, seq_len)` query slots that share the gathered keys/values. The chapter weights enter as a
         `log(weight)` bias on that chapter's logits (one softmax over all selected tokens, each chapter's attention mass
         scaled by its weight), which is how the router receives gradient from the language-model loss. Returns the
-        attended values `(batch, seq_len, heads * head_dim)` and (with `keep_chunk_memory`) the last chunk's gathered
-        memory, which decoding steps inside that chunk reuse from `state.chunk_memory` (routing is fixed in a chunk).
+        attended values `(batch, seq_len, heads * head_dim)` and (with `keep_chunk_memory`, for a call within one
+        chunk) the chunk's gathered memory, which later decoding steps inside that chunk reuse from
+        `state.chunk_memory` (routing is fixed in a chunk). After a call spanning several chunks, the next step
+        gathers its chunk's memory itself: keeping it would cost a copy per forward that plain forwards never use.
         """
         batch_size, seq_len, _ = query.shape
         chunk_size = self.router.chunk_size
@@ -548,37 +634,31 @@ class MemoryTransformerMemoryBlock(nn.Module):
             flat_slot = segment * group_len + slot
             packed = query.new_zeros(batch_size, num_segments * group_len, query.shape[-1])
             query = packed.index_copy(1, flat_slot, query)
-        continues_chunk = state is not None and state.chunk_memory is not None and offset % chunk_size != 0
-        last_chunk_memory = None
-        if num_segments == 1 and continues_chunk:
-            memory = last_chunk_memory = state.chunk_memory
-        else:
+        memory = None
+        if num_segments == 1 and state is not None and offset % chunk_size:  # continues the previous call's chunk
+            memory = state.chunk_memory
+        if memory is None:
             memory = self._gather_chapters(keys, values, chunk_logits, query.dtype)
-            if keep_chunk_memory:  # contiguous copies: decoding steps then multiply plain (non-transposed) matrices
-                last_chunk_memory = tuple(
-                    tensor.unflatten(1, (batch_size, num_segments))[:, :, -1].contiguous() for tensor in memory
-                )
-        attended = self._attend(self._group_queries(query, num_segments), *memory)
-        attended = self._ungroup(attended, batch_size, num_segments)
+        attended = self._attend(query, *memory, num_segments)
         if not in_order:
             attended = attended.index_select(1, flat_slot)
-        return attended, last_chunk_memory
+        return attended, memory if keep_chunk_memory and num_segments == 1 else None
 
     def _gather_chapters(
         self, keys: torch.Tensor, values: torch.Tensor, chunk_logits: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Transposed keys `(kv_heads, groups, head_dim, S)`, values `(kv_heads, groups, S, head_dim)` and the
-        `log(weight)` bias `(kv_heads, groups, 1, S)` of the selected chapters of every chunk, `S = (shared + top_k) *
+        """Keys and values `(groups, kv_heads, S, head_dim)` (views of `(kv_heads, groups, ...)` tensors) and the
+        `log(weight)` bias `(groups, 1, 1, S)` of the selected chapters of every chunk, `S = (shared + top_k) *
         tokens_per_chapter`."""
         chapter_ids, weights = self.router.select(chunk_logits)
-        num_groups, num_selected = chapter_ids.shape[0] * chapter_ids.shape[1], chapter_ids.shape[-1]
+        num_groups = chapter_ids.shape[0] * chapter_ids.shape[1]
         num_kv_heads, tokens_per_chapter = keys.shape[0], keys.shape[2]
         flat_ids = chapter_ids.flatten()
         selected_keys = keys.index_select(1, flat_ids).view(num_kv_heads, num_groups, -1, self.head_dim)
         selected_values = values.index_select(1, flat_ids).view(num_kv_heads, num_groups, -1, self.head_dim)
         log_weights = weights.clamp(min=torch.finfo(weights.dtype).tiny).log().to(dtype)
-        bias = log_weights.view(1, num_groups, 1, num_selected, 1).expand(num_kv_heads, -1, -1, -1, tokens_per_chapter)
-        return selected_keys.transpose(-1, -2), selected_values, bias.reshape(num_kv_heads, num_groups, 1, -1)
+        bias = log_weights.view(num_groups, 1, 1, -1, 1).expand(-1, -1, -1, -1, tokens_per_chapter)
+        return selected_keys.transpose(0, 1), selected_values.transpose(0, 1), bias.reshape(num_groups, 1, 1, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
