@@ -1,17 +1,28 @@
 """Long-context memory experiment on BABILong-style qa1/qa2: warm start without memory, then add memory.
 
 A tiny XLNet trained from scratch learns bAbI fact binding only with a curriculum: first WITHOUT memory on short
-documents (1 then 2 segments), then, from that same checkpoint, on longer documents with and without memory. Every
+documents (`warm_start_segments`, by default 1 segment), then, from that same checkpoint, on longer documents with and without memory. Every
 stage is a `run_qa.py` run (the user-facing recipe); exact match is measured per document length by more
-`run_qa.py --do_eval` runs. The benchmark (`bench/bench_babilong.py`) and the demo
-(`examples/long_context_demo.py`) both call `run_experiment`.
+`run_qa.py --do_eval` runs.
+
+What makes the warm start learn (measured): bAbI-1k has 4 people and 6 places in 200 training stories, which a
+2-layer reader memorises (train loss falls, held-out EM stays near 50%). Renaming people and places per copy of
+each training story (`augment_entities`), no dropout and a constant learning rate make it learn the binding rule
+instead: after a plateau of about 3,500 steps at 1 segment, held-out EM jumps to 99%. Test stories keep bAbI's
+names. The memory stage then decays its learning rate to zero (at a constant rate its EM swung by 10 points between
+evaluations), and trains with the global softmax over all segments of a document, so that a segment's answer score
+is compared with the other segments' during training as it is at inference.
+
+The benchmark (`bench/bench_babilong.py`) and the demo (`examples/long_context_demo.py`) both call `run_experiment`.
 """
 
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,27 +54,30 @@ class BabilongExperimentConfig:
     tasks: list[str] = field(default_factory=lambda: ["qa1"])
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    warm_start_segments: list[int] = field(default_factory=lambda: [1, 2])
-    warm_start_steps: list[int] = field(default_factory=lambda: [1500, 1500])
+    warm_start_segments: list[int] = field(default_factory=lambda: [1])
+    warm_start_steps: list[int] = field(default_factory=lambda: [6000])
     train_segments: int = 4
     memory_steps: int = 700
-    train_copies: int = 3
+    train_copies: int = 10
+    augment_entities: bool = True
     train_examples: int | None = None
     eval_examples: int = 200
     max_seq_length: int = 128
     memory_num_tokens: int = 4
-    model_config: str = "d_model=64,n_layer=2,n_head=4,d_inner=256"
+    model_config: str = "d_model=64,n_layer=2,n_head=4,d_inner=256,dropout=0.0"
     vocab_size: int = 2000
     batch_size: int = 16
     eval_batch_size: int = 32
     learning_rate: float = 1e-3
     memory_learning_rate: float = 1e-3
-    lr_scheduler_type: str = "linear"
+    lr_scheduler_type: str = "constant_with_warmup"
+    memory_lr_scheduler_type: str = "linear"
     bptt_depth: int = 0
-    use_global_softmax: bool = False
+    use_global_softmax: bool = True
     seed: int = 0
     device: str = "cpu"
     cpu_threads: int = 1
+    parallel_variants: int = 2
 
     def __post_init__(self):
         for task in self.tasks:
@@ -77,6 +91,8 @@ class BabilongExperimentConfig:
                 f"warm_start_steps {self.warm_start_steps} needs one step count per warm-start stage "
                 f"{self.warm_start_segments}. Fix: give as many step counts as segment counts."
             )
+        if self.parallel_variants < 1:
+            raise ValueError(f"parallel_variants must be >= 1 (1 = in this process), got {self.parallel_variants}.")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}.")
 
@@ -121,7 +137,8 @@ def prepare_tokenizer(config: BabilongExperimentConfig, data_dir: Path, output_d
 
 
 def write_dataset(config, data_dir, tokenizer, tasks, split, num_segments, folder: Path, copies: int = 1) -> Path:
-    """One SQuAD v2 file for `tasks` at `num_segments` segments; `copies` re-scatter the stories in new filler."""
+    """One SQuAD v2 file for `tasks` at `num_segments` segments; `copies` re-scatter the stories in new filler
+    (training copies also rename their people and places when `config.augment_entities`)."""
     path = folder / f"{'+'.join(tasks)}-{split}-{num_segments}seg.json"
     if path.is_file():
         return path
@@ -133,6 +150,7 @@ def write_dataset(config, data_dir, tokenizer, tasks, split, num_segments, folde
                 max_seq_length=config.max_seq_length, doc_stride=0, memory_num_tokens=config.memory_num_tokens,
                 max_examples=config.train_examples if split == "train" else config.eval_examples,
                 seed=config.seed + 1000 * copy + (1 if split == "test" else 0), task_name=f"{task}-c{copy}",
+                augment_entities=config.augment_entities and split == "train",
             )
             data.extend(payload["data"])
     path.write_text(json.dumps({"version": "v2.0", "data": data}), encoding="utf-8")
@@ -149,13 +167,13 @@ def common_flags(config: BabilongExperimentConfig) -> list[str]:
     ]
 
 
-def train_stage(run_qa, config, train_file, steps, output_dir, extra, learning_rate) -> dict:
+def train_stage(run_qa, config, train_file, steps, output_dir, extra, learning_rate, lr_scheduler_type) -> dict:
     """One `run_qa.py --do_train` run; returns its wall time and final training loss."""
     if not (output_dir / "model.safetensors").is_file():
         argv = [
             *common_flags(config), "--train_file", str(train_file), "--do_train",
             "--max_steps", str(steps), "--learning_rate", str(learning_rate), "--warmup_steps", str(steps // 10),
-            "--lr_scheduler_type", config.lr_scheduler_type,
+            "--lr_scheduler_type", lr_scheduler_type,
             "--weight_decay", "0.01", "--bptt_depth", str(config.bptt_depth),
             "--use_global_softmax", str(config.use_global_softmax), "--output_dir", str(output_dir), *extra,
         ]
@@ -196,6 +214,25 @@ def exact_match_by_length(run_qa, config, checkpoint: Path, test_files: dict, lo
     return exact
 
 
+def train_variant(config, variant: str, warm_start: Path, train_file: Path, test_files: dict, log=print) -> dict:
+    """One compared model: `config.memory_steps` of `run_qa.py` from the warm start, then EM by length (runs in a
+    worker process when variants train in parallel)."""
+    if config.device == "cpu":
+        torch.set_num_threads(config.cpu_threads)
+    run_qa = load_run_qa().main
+    flags = VARIANTS[variant]
+    if variant != "no_memory":
+        flags = [*flags, "--memory_num_tokens", str(config.memory_num_tokens)]
+    log(f"{variant}: from the warm start, {config.train_segments}-segment documents, {config.memory_steps} steps")
+    model_dir = Path(config.output_dir) / variant
+    training = train_stage(
+        run_qa, config, train_file, config.memory_steps, model_dir,
+        [*flags, "--model_name_or_path", str(warm_start)], config.memory_learning_rate, config.memory_lr_scheduler_type,
+    )
+    exact = exact_match_by_length(run_qa, config, model_dir, test_files, log)
+    return {"run_qa_flags": flags, "training": training, "exact_match": exact}
+
+
 def run_experiment(config: BabilongExperimentConfig, log=print) -> dict:
     """Run every stage (skipping those whose outputs exist in `output_dir`) and return the results."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -231,24 +268,26 @@ def run_experiment(config: BabilongExperimentConfig, log=print) -> dict:
         )
         stage_result = train_stage(
             run_qa, config, train_files[segments], steps, output_dir / f"warm_start_{segments}seg",
-            [*no_memory_flags, *start_flags], config.learning_rate,
+            [*no_memory_flags, *start_flags], config.learning_rate, config.lr_scheduler_type,
         )
         results["warm_start"].append({"segments": segments, **stage_result})
         checkpoint = Path(stage_result["checkpoint"])
         log(f"  done in {stage_result['wall_seconds']:.0f}s, train loss {stage_result['train_loss']:.3f}")
     results["warm_start_exact_match"] = exact_match_by_length(run_qa, config, checkpoint, test_files, log)
-    for variant in config.variants:
-        flags = VARIANTS[variant]
-        if variant != "no_memory":
-            flags = [*flags, "--memory_num_tokens", str(config.memory_num_tokens)]
-        log(f"{variant}: from the warm start, {config.train_segments}-segment documents, {config.memory_steps} steps")
-        model_dir = output_dir / variant
-        training = train_stage(
-            run_qa, config, train_files[config.train_segments], config.memory_steps, model_dir,
-            [*flags, "--model_name_or_path", str(checkpoint)], config.memory_learning_rate,
-        )
-        exact = exact_match_by_length(run_qa, config, model_dir, test_files, log)
-        results["models"][variant] = {"run_qa_flags": flags, "training": training, "exact_match": exact}
+    variant_jobs = [(config, variant, checkpoint, train_files[config.train_segments], test_files)
+                    for variant in config.variants]
+    if config.parallel_variants > 1:
+        log(f"training {len(variant_jobs)} variants in {config.parallel_variants} processes")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(config.parallel_variants, mp_context=context) as pool:
+            trained = list(pool.map(train_variant, *zip(*variant_jobs)))
+    else:
+        trained = [train_variant(*job, log=log) for job in variant_jobs]
+    for variant, model in zip(config.variants, trained):
+        log(f"{variant}: " + "; ".join(
+            f"{task} EM by segments " + ", ".join(f"{n}: {em:.1f}" for n, em in by_length.items())
+            for task, by_length in model["exact_match"].items()))
+        results["models"][variant] = model
     results["total_wall_seconds"] = time.perf_counter() - started
     # Stages reused from an earlier (interrupted or parallel) run count with the time they took then.
     results["training_wall_seconds"] = sum(
