@@ -263,8 +263,9 @@ def test_pieces_stay_whole_where_a_cut_would_change_tokens(memory_pipe, monkeypa
 
 
 def test_memory_does_not_grow_with_the_number_of_segments(memory_pipe, long_examples, monkeypatch):
-    """Peak Python/numpy allocations of one call grow with the document by its int32 token arrays alone (16 bytes a
-    token); keeping every segment's features and logits cost about 930 bytes a token."""
+    """Peak Python/numpy allocations of one call grow with the document by about its int32 token arrays (16 bytes a
+    token, twice that while the tokenized pieces are joined, plus small text copies); keeping every segment's
+    features and logits cost about 930 bytes a token."""
     import tracemalloc
 
     monkeypatch.setattr(pipeline_question_answering, "CONTEXT_PIECE_CHARS", 2048)  # both documents in pieces
@@ -281,7 +282,7 @@ def test_memory_does_not_grow_with_the_number_of_segments(memory_pipe, long_exam
         tokens.append(len(document["context_ids"]))
         segments.append(document["num_segments"])
     assert segments[1] > 3 * segments[0] > 100
-    assert (peaks[1] - peaks[0]) / (tokens[1] - tokens[0]) < 32, (segments, tokens, peaks)
+    assert (peaks[1] - peaks[0]) / (tokens[1] - tokens[0]) < 48, (segments, tokens, peaks)
 
 
 def test_answers_match_run_qa_postprocessing_and_batching(memory_pipe, long_examples):
