@@ -444,3 +444,5 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():  # torchrun: without this, gloo's threads can abort the interpreter's exit
+        torch.distributed.destroy_process_group()

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 import transformers
 import yaml
 from transformers import (
@@ -421,3 +422,5 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():  # torchrun: without this, gloo's threads can abort the interpreter's exit
+        torch.distributed.destroy_process_group()
