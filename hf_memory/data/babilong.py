@@ -15,7 +15,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-SPECIAL_TOKENS_PER_SEGMENT = 3  # <sep> question <sep> <cls>
+from ..models.memxlnet.qa_processing_memxlnet import context_budget
+
 # Renaming pools for training-time augmentation: bAbI-1k has 4 people and 6 places in 1,000 stories, which a small
 # model memorises instead of learning to bind facts. The original names are part of the pools.
 PEOPLE = ("Mary John Daniel Sandra Alice Bob Carol David Emma Frank Grace Henry Irene Jack Kate Liam Nina Oscar Paul "
@@ -68,7 +69,7 @@ def read_filler_sentences(path: str | Path) -> list[str]:
 
 
 def context_token_budget(max_seq_length: int, question_tokens: int, memory_num_tokens: int) -> int:
-    budget = max_seq_length - question_tokens - 2 * memory_num_tokens - SPECIAL_TOKENS_PER_SEGMENT
+    budget = context_budget(max_seq_length, memory_num_tokens, question_tokens)
     if budget <= 0:
         raise ValueError(
             f"max_seq_length={max_seq_length} leaves no room for context after the question ({question_tokens} "

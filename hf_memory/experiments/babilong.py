@@ -283,11 +283,7 @@ def run_experiment(config: BabilongExperimentConfig, log=print) -> dict:
             trained = list(pool.map(train_variant, *zip(*variant_jobs)))
     else:
         trained = [train_variant(*job, log=log) for job in variant_jobs]
-    for variant, model in zip(config.variants, trained):
-        log(f"{variant}: " + "; ".join(
-            f"{task} EM by segments " + ", ".join(f"{n}: {em:.1f}" for n, em in by_length.items())
-            for task, by_length in model["exact_match"].items()))
-        results["models"][variant] = model
+    results["models"] = dict(zip(config.variants, trained))
     results["total_wall_seconds"] = time.perf_counter() - started
     # Stages reused from an earlier (interrupted or parallel) run count with the time they took then.
     results["training_wall_seconds"] = sum(
