@@ -152,8 +152,8 @@ BENCHES = {
     "adapters": Bench("bench_adapters.py", ["--quick"], adapters_checks),
     "babilong": Bench(
         "bench_babilong.py",
-        ["--warm_start_steps", "20", "20", "--memory_steps", "20", "--eval_examples", "16", "--eval_lengths", "1", "4",
-         "--variants", "no_memory", "memxlnet_token_gated"],
+        ["--warm_start_steps", "20", "--warm_start_max_extensions", "0", "--memory_steps", "20", "--eval_examples",
+         "16", "--dev_examples", "8", "--eval_lengths", "1", "4", "--variants", "no_memory", "memxlnet_token_gated"],
         babilong_checks,
         optional=True,
     ),

@@ -61,6 +61,20 @@ def test_cli_writes_one_squad_file_per_length(tmp_path, babi_paths, xlnet_tokeni
         assert payload["version"] == "v2.0" and len(payload["data"]) == 5
 
 
+def test_skip_examples_gives_the_next_questions_of_the_file(babi_paths, xlnet_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
+    questions = read_babi(babi_paths["qa1"])
+    evaluated = build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 1, max_examples=5)
+    held_out = build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 1, max_examples=3, skip_examples=5)
+    qas = [document["paragraphs"][0]["qas"][0] for document in held_out["data"]]
+    assert [qa["question"] for qa in qas] == [item.question for item in questions[5:8]]
+    assert [qa["answers"][0]["text"] for qa in qas] == [item.answer for item in questions[5:8]]
+    evaluated_ids = {document["paragraphs"][0]["qas"][0]["id"] for document in evaluated["data"]}
+    assert evaluated_ids.isdisjoint(qa["id"] for qa in qas)
+    with pytest.raises(ValueError, match="skip_examples"):
+        build_babilong(babi_paths["qa1"], babi_paths["filler"], tokenizer, 1, skip_examples=len(questions))
+
+
 def test_bad_lengths_are_rejected(babi_paths, xlnet_tokenizer_dir):
     tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
     with pytest.raises(ValueError, match="num_segments"):

@@ -13,7 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [
     "--tasks", "qa1", "--variants", "no_memory", "memxlnet_token_gated", "--eval_lengths", "1", "2",
     "--warm_start_segments", "1", "2", "--warm_start_steps", "2", "2", "--parallel_variants", "2", "--train_segments", "2", "--memory_steps", "2", "--train_copies", "1",
-    "--train_examples", "24", "--eval_examples", "6", "--max_seq_length", "64", "--memory_num_tokens", "2",
+    "--train_examples", "24", "--eval_examples", "6", "--dev_examples", "4", "--warm_start_extension_steps", "2",
+    "--warm_start_max_extensions", "1", "--max_seq_length", "64", "--memory_num_tokens", "2",
     "--model_config", "d_model=32,n_layer=1,n_head=2,d_inner=64", "--vocab_size", "300", "--batch_size", "4",
 ]
 
@@ -36,7 +37,13 @@ def test_benchmark_command_runs_every_stage_and_writes_results(bench_module, dat
     assert saved["command"].startswith("python bench/bench_babilong.py --tasks qa1")
     for key in ("config", "warm_start", "models", "total_wall_seconds", "platform", "data_dir"):
         assert key in saved, key
-    assert [stage["segments"] for stage in saved["warm_start"]] == [1, 2]
+    # the 2-step warm start is far below the 95% target on the development questions, so it is extended once
+    assert [stage["segments"] for stage in saved["warm_start"]] == [1, 2, 2]
+    assert saved["warm_start"][-1]["extension"] == 1 and saved["warm_start"][-1]["steps"] == 2
+    assert all(0.0 <= stage["dev_exact_match"] <= 100.0 for stage in saved["warm_start"][1:])
+    dev_file = tmp_path / "work" / "data" / "qa1-dev-2seg.json"
+    dev_ids = {qa["id"] for doc in json.loads(dev_file.read_text())["data"] for qa in doc["paragraphs"][0]["qas"]}
+    assert dev_ids == {f"qa1-c0-2seg-{index}" for index in range(6, 10)}  # the 4 questions after the 6 evaluated
     assert set(saved["models"]) == {"no_memory", "memxlnet_token_gated"}
     warm_start = saved["warm_start"][-1]["checkpoint"]
     for variant, model in saved["models"].items():
@@ -53,7 +60,8 @@ def test_benchmark_command_runs_every_stage_and_writes_results(bench_module, dat
         evaluation = json.loads((checkpoint / "eval_qa1_2seg" / "eval_results.json").read_text())
         assert evaluation["eval_exact"] == by_length["2"] and evaluation["eval_total"] == 6
     # both models start from the same warm start: the no-memory one keeps its architecture, memory is added
-    assert Path(warm_start).name == "warm_start_2seg"
+    assert Path(warm_start).name == "warm_start_2seg_more1"
+    assert json.loads((Path(warm_start) / "trainer_state.json").read_text())["global_step"] == 2
     assert results["models"]["no_memory"]["exact_match"] == saved["models"]["no_memory"]["exact_match"]
 
 

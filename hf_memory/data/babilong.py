@@ -152,16 +152,23 @@ def build_babilong(
     seed: int = 0,
     task_name: str | None = None,
     augment_entities: bool = False,
+    skip_examples: int = 0,
 ) -> dict:
     """Build a SQuAD v2 payload whose contexts span `num_segments` segments of `max_seq_length` tokens.
 
     `augment_entities` renames people and places per story (for training sets, so that the model must bind facts
-    instead of memorising the stories).
+    instead of memorising the stories). `skip_examples` starts after the first questions of the file (a development
+    split taken from the test file after the questions used for evaluation).
     """
     if num_segments < 1:
         raise ValueError(f"num_segments must be >= 1, got {num_segments}.")
+    if skip_examples < 0:
+        raise ValueError(f"skip_examples must be >= 0, got {skip_examples}.")
     rng = random.Random(seed)
-    questions = read_babi(babi_file)[:max_examples]
+    end = None if max_examples is None else skip_examples + max_examples
+    questions = read_babi(babi_file)[skip_examples:end]
+    if not questions:
+        raise ValueError(f"{babi_file} has no questions after skip_examples={skip_examples}. Fix: skip fewer.")
     if augment_entities:
         questions = [rename_entities(item, rng) for item in questions]
     filler = read_filler_sentences(filler_file)
@@ -175,7 +182,7 @@ def build_babilong(
     target = budget + (num_segments - 1) * (budget - doc_stride) - budget // 4
     task_name = task_name or Path(babi_file).stem
     data = []
-    for index, item in enumerate(questions):
+    for index, item in enumerate(questions, start=skip_examples):
         context, answer_start = build_document(item, filler, filler_lengths, count(item.story), target, rng)
         data.append({
             "title": f"{task_name}-{index}",
@@ -202,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--doc_stride", type=int, default=0)
     parser.add_argument("--memory_num_tokens", type=int, default=4)
     parser.add_argument("--max_examples", type=int, default=None)
+    parser.add_argument("--skip_examples", type=int, default=0, help="start after this many questions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment_entities", action="store_true", help="rename people and places per story")
     parser.add_argument("--output_dir", required=True)
@@ -213,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         payload = build_babilong(
             args.babi_file, args.filler_file, tokenizer, num_segments, args.max_seq_length, args.doc_stride,
             args.memory_num_tokens, args.max_examples, args.seed, augment_entities=args.augment_entities,
+            skip_examples=args.skip_examples,
         )
         path = output_dir / f"{Path(args.babi_file).stem}-{num_segments}seg.json"
         path.write_text(json.dumps(payload))

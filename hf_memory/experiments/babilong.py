@@ -9,7 +9,9 @@ What makes the warm start learn (measured): bAbI-1k has 4 people and 6 places in
 2-layer reader memorises (train loss falls, held-out EM stays near 50%). Renaming people and places per copy of
 each training story (`augment_entities`), no dropout and a constant learning rate make it learn the binding rule
 instead: after a plateau of about 3,500 steps at 1 segment, held-out EM jumps to 99%. Test stories keep bAbI's
-names. The memory stage then decays its learning rate to zero (at a constant rate its EM swung by 10 points between
+names. Because the jump came anywhere between 3,300 and more than 5,000 steps, the warm start is then checked on
+development questions (held out from training and from the reported numbers) and extended until it reaches
+`warm_start_target_em`. The memory stage then decays its learning rate to zero (at a constant rate its EM swung by 10 points between
 evaluations), and trains with the global softmax over all segments of a document, so that a segment's answer score
 is compared with the other segments' during training as it is at inference.
 
@@ -56,6 +58,10 @@ class BabilongExperimentConfig:
     eval_lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     warm_start_segments: list[int] = field(default_factory=lambda: [1])
     warm_start_steps: list[int] = field(default_factory=lambda: [6000])
+    warm_start_target_em: float = 95.0
+    warm_start_extension_steps: int = 1000
+    warm_start_max_extensions: int = 4
+    dev_examples: int = 100
     train_segments: int = 4
     memory_steps: int = 700
     train_copies: int = 10
@@ -90,6 +96,15 @@ class BabilongExperimentConfig:
             raise ValueError(
                 f"warm_start_steps {self.warm_start_steps} needs one step count per warm-start stage "
                 f"{self.warm_start_segments}. Fix: give as many step counts as segment counts."
+            )
+        if not 0 < self.warm_start_target_em <= 100:
+            raise ValueError(f"warm_start_target_em is an exact match in (0, 100], got {self.warm_start_target_em}.")
+        for name in ("warm_start_extension_steps", "dev_examples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.warm_start_max_extensions < 0:
+            raise ValueError(
+                f"warm_start_max_extensions must be >= 0 (0 = never extend), got {self.warm_start_max_extensions}."
             )
         if self.parallel_variants < 1:
             raise ValueError(f"parallel_variants must be >= 1 (1 = in this process), got {self.parallel_variants}.")
@@ -136,20 +151,32 @@ def prepare_tokenizer(config: BabilongExperimentConfig, data_dir: Path, output_d
     return folder
 
 
+# Which bAbI file, which questions of it and which filler seed offset each split uses. The development questions
+# (for deciding when the warm start has learnt) follow the evaluated ones in the test file, so they are held out
+# from both training and the reported numbers.
+SPLITS = {
+    "train": ("train", lambda config: (0, config.train_examples), 0),
+    "test": ("test", lambda config: (0, config.eval_examples), 1),
+    "dev": ("test", lambda config: (config.eval_examples, config.dev_examples), 2),
+}
+
+
 def write_dataset(config, data_dir, tokenizer, tasks, split, num_segments, folder: Path, copies: int = 1) -> Path:
     """One SQuAD v2 file for `tasks` at `num_segments` segments; `copies` re-scatter the stories in new filler
     (training copies also rename their people and places when `config.augment_entities`)."""
     path = folder / f"{'+'.join(tasks)}-{split}-{num_segments}seg.json"
     if path.is_file():
         return path
+    babi_split, questions, seed_offset = SPLITS[split]
+    skip_examples, max_examples = questions(config)
     data = []
     for task in tasks:
         for copy in range(copies):
             payload = build_babilong(
-                babi_path(data_dir, task, split), data_dir / FILLER_FILE, tokenizer, num_segments,
+                babi_path(data_dir, task, babi_split), data_dir / FILLER_FILE, tokenizer, num_segments,
                 max_seq_length=config.max_seq_length, doc_stride=0, memory_num_tokens=config.memory_num_tokens,
-                max_examples=config.train_examples if split == "train" else config.eval_examples,
-                seed=config.seed + 1000 * copy + (1 if split == "test" else 0), task_name=f"{task}-c{copy}",
+                max_examples=max_examples, skip_examples=skip_examples,
+                seed=config.seed + 1000 * copy + seed_offset, task_name=f"{task}-c{copy}",
                 augment_entities=config.augment_entities and split == "train",
             )
             data.extend(payload["data"])
@@ -198,6 +225,35 @@ def evaluate_stage(run_qa, config, checkpoint: Path, eval_file: Path, output_dir
             "--validation_file", str(eval_file), "--do_eval", "--output_dir", str(output_dir),
         ])
     return json.loads(results.read_text())
+
+
+def extend_warm_start(run_qa, config, checkpoint: Path, train_file: Path, dev_files: dict, results: dict, log) -> Path:
+    """Continue the last warm-start stage in steps of `warm_start_extension_steps` until its exact match on the held-out
+    development questions reaches `warm_start_target_em` (at most `warm_start_max_extensions` times). The jump from the
+    plateau came anywhere between 3,300 and more than 5,000 steps in the runs measured, so a fixed step count either
+    wastes time or hands the memory stage a model that has not learnt the task. Returns the checkpoint to use."""
+    segments = config.warm_start_segments[-1]
+    for extension in range(config.warm_start_max_extensions + 1):
+        dev_exact = [
+            evaluate_stage(run_qa, config, checkpoint, dev_files[task], checkpoint / f"dev_{task}_{segments}seg")
+            ["eval_exact"] for task in config.tasks
+        ]
+        dev_em = sum(dev_exact) / len(dev_exact)
+        results["warm_start"][-1]["dev_exact_match"] = dev_em
+        log(f"  warm start: {dev_em:.1f} EM on {config.dev_examples} development questions per task at {segments} "
+            f"segment(s) (target {config.warm_start_target_em:g})")
+        if dev_em >= config.warm_start_target_em or extension == config.warm_start_max_extensions:
+            return checkpoint
+        log(f"warm start extension {extension + 1}: {config.warm_start_extension_steps} more steps")
+        stage = train_stage(
+            run_qa, config, train_file, config.warm_start_extension_steps,
+            Path(config.output_dir) / f"warm_start_{segments}seg_more{extension + 1}",
+            [*VARIANTS["no_memory"], "--model_name_or_path", str(checkpoint)], config.learning_rate,
+            config.lr_scheduler_type,
+        )
+        results["warm_start"].append({"segments": segments, "extension": extension + 1, **stage})
+        checkpoint = Path(stage["checkpoint"])
+    return checkpoint
 
 
 def exact_match_by_length(run_qa, config, checkpoint: Path, test_files: dict, log) -> dict:
@@ -273,6 +329,13 @@ def run_experiment(config: BabilongExperimentConfig, log=print) -> dict:
         results["warm_start"].append({"segments": segments, **stage_result})
         checkpoint = Path(stage_result["checkpoint"])
         log(f"  done in {stage_result['wall_seconds']:.0f}s, train loss {stage_result['train_loss']:.3f}")
+    dev_files = {
+        task: write_dataset(config, data_dir, tokenizer, [task], "dev", config.warm_start_segments[-1], data_folder)
+        for task in tasks
+    }
+    checkpoint = extend_warm_start(
+        run_qa, config, checkpoint, train_files[config.warm_start_segments[-1]], dev_files, results, log
+    )
     results["warm_start_exact_match"] = exact_match_by_length(run_qa, config, checkpoint, test_files, log)
     variant_jobs = [(config, variant, checkpoint, train_files[config.train_segments], test_files)
                     for variant in config.variants]
