@@ -86,6 +86,20 @@ def test_global_labels_use_cls_not_start_equals_end():
     assert global_start.tolist() == [13, 19] and global_end.tolist() == [13, 19]
 
 
+def test_window_cutting_off_a_lone_metaspace_token_still_holds_the_answer(tokenizer_and_ids):
+    # The tiny tokenizer splits " alphabet" into "▁", "a", ...; "▁" and "a" share the offsets of "a". The second
+    # window starts at "a": it covers every character of the answer, so it must label it (found by the fuzz test).
+    context = "alpha alpha beta beta alphabet "
+    start = context.index("alphabet")
+    rows = segment(tokenizer_and_ids, ["which word?"], [context], [{"text": ["alphabet"], "answer_start": [start]}])
+    labelled = [(seg, s, e) for seg, (s, e) in enumerate(zip(rows["start_positions"][0], rows["end_positions"][0]))
+                if s != SEQ_LEN - 1]
+    assert rows["num_segments"][0] == 2 and [seg for seg, _, _ in labelled] == [1]
+    _, s, e = labelled[0]
+    offsets = rows["offset_mapping"][0][1]
+    assert context[offsets[s][0]:offsets[e][1]] == "alphabet"
+
+
 words = st.lists(st.sampled_from(WORDS + ["alphabet", "be", "ta,"]), min_size=1, max_size=60)
 
 

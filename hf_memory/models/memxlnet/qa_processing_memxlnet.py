@@ -193,10 +193,19 @@ def segment_document(
         start_labels = np.full(len(starts), cls_index)
         end_labels = np.full(len(starts), cls_index)
         if answer_char_span is not None and len(context_ids):
-            first, last = char_span_to_token_span(offsets[:, 0], offsets[:, 1], *answer_char_span)
-            inside = (starts <= first) & (first <= last) & (last < stops)
-            start_labels = np.where(inside, segments["context_start"] + first - starts, cls_index)
-            end_labels = np.where(inside, segments["context_start"] + last - starts, cls_index)
+            answer_start, answer_end = answer_char_span
+            first, last = char_span_to_token_span(offsets[:, 0], offsets[:, 1], answer_start, answer_end)
+            # A window holds the answer when its tokens cover all of the answer's characters. It may start after
+            # `first` when the tokens it cuts off cover no character of its own (SentencePiece's lone "▁" shares the
+            # offsets of the piece after it), so the span is clipped to the window.
+            first_in_window, last_in_window = np.maximum(first, starts), np.minimum(last, stops - 1)
+            inside = (
+                (first_in_window <= last_in_window)
+                & (offsets[starts, 0] <= answer_start)
+                & (offsets[stops - 1, 1] >= answer_end)
+            )
+            start_labels = np.where(inside, segments["context_start"] + first_in_window - starts, cls_index)
+            end_labels = np.where(inside, segments["context_start"] + last_in_window - starts, cls_index)
         out["start_positions"], out["end_positions"] = start_labels.tolist(), end_labels.tolist()
         global_start, global_end = global_span_labels(
             start_labels[None], end_labels[None], np.asarray([len(starts)]), cls_index
