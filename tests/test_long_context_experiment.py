@@ -12,7 +12,8 @@ from hf_memory.experiments.babilong import find_data_dir
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_FLAGS = [
     "--tasks", "qa1", "--variants", "no_memory", "memxlnet_token_gated", "--eval_lengths", "1", "2",
-    "--warm_start_segments", "1", "2", "--warm_start_steps", "2", "2", "--parallel_variants", "2", "--train_segments", "2", "--memory_steps", "2", "--train_copies", "1",
+    "--warm_start_segments", "1", "2", "--warm_start_steps", "2", "2", "--parallel_variants", "2",
+    "--train_segments", "2", "--memory_steps", "2", "--train_copies", "1",
     "--train_examples", "24", "--eval_examples", "6", "--dev_examples", "4", "--warm_start_extension_steps", "2",
     "--warm_start_max_extensions", "1", "--max_seq_length", "64", "--memory_num_tokens", "2",
     "--model_config", "d_model=32,n_layer=1,n_head=2,d_inner=64", "--vocab_size", "300", "--batch_size", "4",

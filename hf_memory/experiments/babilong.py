@@ -1,9 +1,9 @@
 """Long-context memory experiment on BABILong-style qa1/qa2: warm start without memory, then add memory.
 
 A tiny XLNet trained from scratch learns bAbI fact binding only with a curriculum: first WITHOUT memory on short
-documents (`warm_start_segments`, by default 1 segment), then, from that same checkpoint, on longer documents with and without memory. Every
-stage is a `run_qa.py` run (the user-facing recipe); exact match is measured per document length by more
-`run_qa.py --do_eval` runs.
+documents (`warm_start_segments`, by default 1 segment), then, from that same checkpoint, on longer documents with
+and without memory. Every stage is a `run_qa.py` run (the user-facing recipe); exact match is measured per document
+length by more `run_qa.py --do_eval` runs.
 
 What makes the warm start learn (measured): bAbI-1k has 4 people and 6 places in 200 training stories, which a
 2-layer reader memorises (train loss falls, held-out EM stays near 50%). Renaming people and places per copy of
@@ -11,9 +11,9 @@ each training story (`augment_entities`), no dropout and a constant learning rat
 instead: after a plateau of about 3,500 steps at 1 segment, held-out EM jumps to 99%. Test stories keep bAbI's
 names. Because the jump came anywhere between 3,300 and more than 5,000 steps, the warm start is then checked on
 development questions (held out from training and from the reported numbers) and extended until it reaches
-`warm_start_target_em`. The memory stage then decays its learning rate to zero (at a constant rate its EM swung by 10 points between
-evaluations), and trains with the global softmax over all segments of a document, so that a segment's answer score
-is compared with the other segments' during training as it is at inference.
+`warm_start_target_em`. The memory stage then decays its learning rate to zero (at a constant rate its EM swung by
+10 points between evaluations), and trains with the global softmax over all segments of a document, so that a
+segment's answer score is compared with the other segments' during training as it is at inference.
 
 The benchmark (`bench/bench_babilong.py`) and the demo (`examples/long_context_demo.py`) both call `run_experiment`.
 """
