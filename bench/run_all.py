@@ -137,10 +137,9 @@ class Bench:
     def command(self, name: str, quick: bool, results_dir: Path) -> tuple[list[str], Path]:
         """The bench's command line and where it writes its JSON."""
         args = [sys.executable, str(BENCH_DIR / self.script), *(self.quick_args if quick else self.full_args)]
-        if name == "babilong":  # writes bench/results/<results_name>.json
-            results_name = "babilong_quick" if quick else "babilong"
-            return [*args, "--results_name", results_name], RESULTS_DIR / f"{results_name}.json"
         output = results_dir / f"{name}.json"
+        if name == "babilong":  # writes <results_dir>/<results_name>.json and .png
+            return [*args, "--results_dir", str(results_dir), "--results_name", name], output
         return [*args, "--output", str(output)], output
 
 
