@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Memory on long documents: exact match by document length on BABILong-style bAbI qa1/qa2.
 
-One command trains a tiny XLNet without memory on 1- then 2-segment documents (the shared warm start), then from
-that same checkpoint with the same number of steps on 4-segment documents: no memory, MemXLNet token memory
-(gated), MemXLNet differentiable memory and GMMXLNet (k=4). Each model is evaluated on held-out stories (the bAbI
-*_test.txt files) at 1, 2, 4, 8 and 16 segments. All training and evaluation runs go through run_qa.py.
+One command trains a tiny XLNet without memory on 1-segment documents (the shared warm start), then from that same
+checkpoint with the same number of steps on 4-segment documents: no memory, MemXLNet token memory (gated), MemXLNet
+differentiable memory and GMMXLNet (k=4); `--variants` adds `memxlnet_token_gated_replace`. Each model is evaluated
+on held-out stories (the bAbI *_test.txt files) at 1, 2, 4, 8 and 16 segments. All training and evaluation runs go
+through run_qa.py.
 
     python bench/bench_babilong.py                      # CPU, defaults sized for under an hour on 2 cores
     python bench/bench_babilong.py --device cuda        # the same on a GPU

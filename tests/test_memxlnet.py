@@ -19,6 +19,7 @@ TINY = dict(vocab_size=120, d_model=32, n_layer=2, n_head=4, d_inner=64, dropout
 MEMORY_VARIANTS = [
     dict(memory_impl="token", memory_update="gated", memory_init="learned"),
     dict(memory_impl="token", memory_update="none", memory_init="zeros"),
+    dict(memory_impl="token", memory_update="gated_replace", memory_init="learned"),
     dict(memory_impl="differentiable", memory_slots=6, memory_num_heads=2),
 ]
 
@@ -72,6 +73,22 @@ def test_changing_segment_one_changes_segment_two_logits(memory):
         reference = two_segment_loss(model, first_ids=segment(model.config, seed=1)).start_logits
         changed = two_segment_loss(model, first_ids=segment(model.config, seed=5)).start_logits
     assert not torch.allclose(reference, changed)
+
+
+def test_gated_replace_gate_moves_between_keeping_and_replacing_the_memory():
+    model = make_model(memory_update="gated_replace").eval()
+    memory = model.memory
+    state, written = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
+    all_written = torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        initial = memory.write(state, written, all_written)
+        # At initialisation most of each write is taken: closer to the write-token states than to the old memory.
+        assert (initial - written).norm() < (initial - state).norm()
+        memory.gate_proj.weight.zero_()
+        memory.gate_proj.bias.fill_(50.0)
+        torch.testing.assert_close(memory.write(state, written, all_written), written)
+        memory.gate_proj.bias.fill_(-50.0)
+        torch.testing.assert_close(memory.write(state, written, all_written), state)
 
 
 def test_without_memory_logits_equal_xlnet_question_answering_simple():

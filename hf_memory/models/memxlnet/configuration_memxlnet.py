@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .pipeline_question_answering import MemXLNetQuestionAnsweringPipeline  # noqa: F401
 
 MEMORY_INITS = ("learned", "zeros")
-MEMORY_UPDATES = ("gated", "none")
+MEMORY_UPDATES = ("gated", "gated_replace", "none")
 MEMORY_IMPLS = ("token", "differentiable")
 NULL_SCORE_REDUCTIONS = ("min", "last")
 # `pipeline("question-answering", model=<checkpoint>, trust_remote_code=True)` resolves the task through this entry.
@@ -34,8 +34,11 @@ class MemXLNetConfig(XLNetConfig):
         memory_init (`str`, *optional*, defaults to `"learned"`):
             Initial memory of a document: `"learned"` (a trained parameter) or `"zeros"`.
         memory_update (`str`, *optional*, defaults to `"gated"`):
-            Token memory update: `"gated"` (g = sigmoid(W_g[M;N]), u = tanh(W_u[M;N]), M' = g*u + (1-g)*M) or
-            `"none"` (M' = N, the write-token states replace the memory).
+            Token memory update: `"gated"` (g = sigmoid(W_g[M;N]), u = tanh(W_u[M;N]), M' = g*u + (1-g)*M),
+            `"gated_replace"` (g = sigmoid(W_g[M;N]), M' = g*N + (1-g)*M: the gate chooses between keeping the memory
+            and taking the write-token states N unchanged; it starts close to replacing, g ~ 0.88) or `"none"`
+            (M' = N, the write-token states replace the memory). On documents longer than those trained on,
+            `"gated"` saturates (its tanh candidate); `"gated_replace"` and `"none"` generalise further (README).
         memory_impl (`str`, *optional*, defaults to `"token"`):
             `"token"`: the memory is the m write-token states. `"differentiable"`: a content-addressed memory matrix
             of `memory_slots` rows with multi-head writes, usage-based allocation and temporal links; the m read
