@@ -94,6 +94,9 @@ def memory_transformer_checks(result: dict) -> list[Check]:
         at_least("memory_transformer", "training tokens/s / Llama", result["training"]["ratio"], 0.75),
         at_least("memory_transformer", "decoding tokens/s / Llama", result["decoding"]["ratio"], 0.8),
     ]
+    if "training_heap_kept" in result:
+        rows.append(at_least("memory_transformer", "training tokens/s / Llama, freed heap kept",
+                             result["training_heap_kept"]["ratio"], 0.75))
     if "quality" in result:
         rows.append(info("memory_transformer", "valid loss memory - vanilla",
                          result["quality"]["valid_loss_delta_memory_minus_vanilla"]))
