@@ -38,7 +38,8 @@ class MemXLNetConfig(XLNetConfig):
             `"gated_replace"` (g = sigmoid(W_g[M;N]), M' = g*N + (1-g)*M: the gate chooses between keeping the memory
             and taking the write-token states N unchanged; it starts close to replacing, g ~ 0.88) or `"none"`
             (M' = N, the write-token states replace the memory). On documents longer than those trained on,
-            `"gated"` saturates (its tanh candidate); `"gated_replace"` and `"none"` generalise further (README).
+            `"gated"` saturates (its tanh candidate): at twice the training length `"gated_replace"` kept 87-89.5%
+            exact match on BABILong-style qa1 (3 seeds) where `"gated"` kept 85% (README).
         memory_impl (`str`, *optional*, defaults to `"token"`):
             `"token"`: the memory is the m write-token states. `"differentiable"`: a content-addressed memory matrix
             of `memory_slots` rows with multi-head writes, usage-based allocation and temporal links; the m read
