@@ -249,7 +249,7 @@ def extend_warm_start(run_qa, config, checkpoint: Path, train_file: Path, dev_fi
         log(f"  warm start: {dev_em:.1f} EM on {config.dev_examples} development questions per task at {segments} "
             f"segment(s) (target {config.warm_start_target_em:g})")
         if dev_em >= config.warm_start_target_em or extension == config.warm_start_max_extensions:
-            return checkpoint
+            break
         log(f"warm start extension {extension + 1}: {config.warm_start_extension_steps} more steps")
         stage = train_stage(
             run_qa, config, train_file, config.warm_start_extension_steps,

@@ -27,7 +27,9 @@ class MemoryArguments:
             "scratch. Given with a no-memory checkpoint, memory is added to it (model.enable_memory)."
         },
     )
-    memory_update: str | None = field(default=None, metadata={"help": "gated, gated_replace or none (default: the config's)."})
+    memory_update: str | None = field(
+        default=None, metadata={"help": "gated, gated_replace or none (default: the config's)."}
+    )
     memory_init: str | None = field(default=None, metadata={"help": "learned or zeros (default: the config's)."})
     memory_impl: str | None = field(default=None, metadata={"help": "token or differentiable (default: the config's)."})
     max_n_segs: int | None = field(
