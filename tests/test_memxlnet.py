@@ -19,8 +19,8 @@ TINY = dict(vocab_size=120, d_model=32, n_layer=2, n_head=4, d_inner=64, dropout
 MEMORY_VARIANTS = [
     dict(memory_impl="token", memory_update="gated", memory_init="learned"),
     dict(memory_impl="token", memory_update="none", memory_init="zeros"),
-    dict(memory_impl="token", memory_update="gated_replace", memory_init="learned"),
     dict(memory_impl="differentiable", memory_slots=6, memory_num_heads=2),
+    dict(memory_impl="token", memory_update="gated_replace", memory_init="learned"),
 ]
 
 
@@ -118,8 +118,9 @@ def test_segment_mask_keeps_memory_of_ended_documents_and_drops_their_loss():
     torch.testing.assert_close(out.loss, only_first.loss)
 
 
-def test_save_load_round_trip_is_exact_and_safetensors_only(tmp_path):
-    model = make_model(**MEMORY_VARIANTS[2]).eval()
+@pytest.mark.parametrize("memory", MEMORY_VARIANTS, ids=lambda m: "-".join(map(str, m.values())))
+def test_save_load_round_trip_is_exact_and_safetensors_only(tmp_path, memory):
+    model = make_model(**memory).eval()
     model.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.bin")) and (tmp_path / "model.safetensors").is_file()
     loaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
