@@ -444,5 +444,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_initialized():  # torchrun: without this, gloo's threads can abort the interpreter's exit
+    if torch.distributed.is_initialized():  # torchrun: gloo's threads can abort the interpreter's exit otherwise
+        torch.distributed.barrier()  # no rank tears its pairs down while another still writes or communicates
         torch.distributed.destroy_process_group()

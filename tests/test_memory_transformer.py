@@ -133,7 +133,7 @@ def test_incremental_decoding_matches_full_forward():
     input_ids = torch.randint(1, 97, (2, 13))
     full = model(input_ids, use_cache=False).logits
     cache = MemoryTransformerCache(config=model.config)
-    pieces = [model(input_ids[:, a:b], past_key_values=cache).logits for a, b in ((0, 5), (5, 6), (6, 10), (10, 13))]
+    pieces = [model(input_ids[:, a:b], cache=cache).logits for a, b in ((0, 5), (5, 6), (6, 10), (10, 13))]
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
 
 
@@ -174,7 +174,7 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients():
     for checkpointing in (False, True):
         model = tiny_model().train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         loss = model(input_ids, labels=input_ids).loss
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))

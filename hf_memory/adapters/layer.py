@@ -121,12 +121,12 @@ class MemoryAdapterLayer(nn.Module):
         object.__setattr__(self, "memory_bank", memory_bank)
         object.__setattr__(self, "context", context)
 
-    def forward(self, hidden_states: torch.Tensor, past_key_values=None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache=None) -> torch.Tensor:
         memory_cache = None
-        if past_key_values is not None:
-            memory_cache = getattr(past_key_values, "memory_cache", None)
+        if cache is not None:
+            memory_cache = getattr(cache, "memory_cache", None)
             if memory_cache is None:
-                memory_cache = past_key_values.memory_cache = MemoryCache()
+                memory_cache = cache.memory_cache = MemoryCache()
         delta, router_logits = self.memory_block(
             hidden_states, self.memory_bank, self.context.token_mask(hidden_states.shape[1]), memory_cache
         )
@@ -154,8 +154,8 @@ class MemoryDecoderLayerMixin:
         if memory.placement == "after_mlp":
             outputs = super().forward(hidden_states, *args, **kwargs)
             if isinstance(outputs, tuple):
-                return (memory(outputs[0], kwargs.get("past_key_values")),) + outputs[1:]
-            return memory(outputs, kwargs.get("past_key_values"))
+                return (memory(outputs[0], kwargs.get("cache")),) + outputs[1:]
+            return memory(outputs, kwargs.get("cache"))
         if args:
             raise ValueError(
                 f"{type(self).__name__} was called with positional arguments after hidden_states; the "
@@ -163,7 +163,7 @@ class MemoryDecoderLayerMixin:
             )
         residual = hidden_states
         hidden_states, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), **kwargs)
-        hidden_states = memory(residual + hidden_states, kwargs.get("past_key_values"))
+        hidden_states = memory(residual + hidden_states, kwargs.get("cache"))
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 

@@ -159,8 +159,8 @@ class MemoryAdapterModel(ModelCardMixin, nn.Module, PushToHubMixin):
     def generate(self, *args, **kwargs):
         """`base_model.generate` with a cache that also holds the memory keys/values and routing state, projected once
         per generation and reordered with the KV cache by beam search."""
-        if kwargs.get("past_key_values") is None and kwargs.get("use_cache", True):
-            kwargs["past_key_values"] = MemoryTransformerCache(config=self.base_model.config)
+        if kwargs.get("cache") is None and kwargs.get("use_cache", True):
+            kwargs["cache"] = MemoryTransformerCache(config=self.base_model.config)
         return self.base_model.generate(*args, **kwargs)
 
     def router_loss(self) -> Optional[torch.Tensor]:

@@ -74,7 +74,7 @@ class MemoryTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "memory_transformer"
-    keys_to_ignore_at_inference = ["past_key_values", "aux_loss", "router_logits"]
+    keys_to_ignore_at_inference = ["cache", "aux_loss", "router_logits"]
 
     vocab_size: int = 32000
     hidden_size: int = 512

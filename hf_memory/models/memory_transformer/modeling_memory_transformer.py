@@ -690,19 +690,19 @@ class MemoryTransformerDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        memory_cache = getattr(past_key_values, "memory_cache", None)
+        memory_cache = getattr(cache, "memory_cache", None)
         router_logits = None
         residual = hidden_states
         hidden_states, _ = self.self_attn(
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -725,7 +725,6 @@ class MemoryTransformerPreTrainedModel(ModelCardMixin, PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["MemoryTransformerDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_attention_backend = True
 
@@ -759,7 +758,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -774,24 +773,24 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             output_router_logits = self.config.output_router_logits
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = MemoryTransformerCache(config=self.config)
-        if len(self.memory_banks) and past_key_values is not None:
-            if not isinstance(past_key_values, MemoryTransformerCache):
+        if use_cache and cache is None:
+            cache = MemoryTransformerCache(config=self.config)
+        if len(self.memory_banks) and cache is not None:
+            if not isinstance(cache, MemoryTransformerCache):
                 raise ValueError(
-                    f"past_key_values is a {type(past_key_values).__name__}, but memory layers must keep their routing "
+                    f"cache is a {type(cache).__name__}, but memory layers must keep their routing "
                     "state and projected memory next to the KV cache. Fix: pass MemoryTransformerCache(config=config) "
                     "or let the model create one (use_cache=True)."
                 )
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             position_ids=position_ids,
         )
         token_mask = None
@@ -813,7 +812,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
                 attention_mask=causal_mask,
                 token_mask=token_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
                 **kwargs,
@@ -825,7 +824,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             all_hidden_states += (hidden_states,)
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             hidden_states=all_hidden_states,
             router_logits=all_router_logits if output_router_logits and all_router_logits else None,
         )
@@ -852,7 +851,7 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -865,7 +864,7 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -891,7 +890,7 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             loss=loss,
             aux_loss=aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             router_logits=outputs.router_logits,
         )
@@ -905,9 +904,9 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Let `generate()` use a `MemoryTransformerCache` where it would create a plain `DynamicCache`."""
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-        cache = model_kwargs.get("past_key_values")
+        cache = model_kwargs.get("cache")
         if type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False):
-            model_kwargs["past_key_values"] = MemoryTransformerCache(config=self.config.get_text_config(decoder=True))
+            model_kwargs["cache"] = MemoryTransformerCache(config=self.config.get_text_config(decoder=True))
 
 
 MemoryTransformerConfig.register_for_auto_class()
