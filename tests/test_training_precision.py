@@ -16,7 +16,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):  # noq
     plain = MemXLNetForQuestionAnswering(config).train()
     checkpointed = MemXLNetForQuestionAnswering(config).train()
     checkpointed.load_state_dict(plain.state_dict())
-    checkpointed.gradient_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in checkpointed.transformer.layer)
     batch = SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id)([dataset[i] for i in range(4)])
     losses = []
@@ -36,8 +36,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(setup):  # noq
             torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
-@pytest.mark.parametrize("precision", [{"bf16": True}, {"gradient_checkpointing": True}])
-def test_trainer_trains_with_bf16_and_gradient_checkpointing(setup, tmp_path, precision):  # noqa: F811
+@pytest.mark.parametrize("precision", [{"bf16": True}, {"activation_checkpointing": True}])
+def test_trainer_trains_with_bf16_and_activation_checkpointing(setup, tmp_path, precision):  # noqa: F811
     trainer = make_trainer(setup, tmp_path, num_train_epochs=1, **precision)
     before = trainer.model.memory.initial_memory.detach().clone()
     result = trainer.train()
