@@ -56,6 +56,25 @@ def train_memory_outputs(model: MemoryAdapterModel, std: float = 0.3) -> None:
                 parameter.normal_(std=std)
 
 
+def test_left_padded_rows_generate_as_alone_with_chapters():
+    """Routing chunks count real tokens, so a left-padded row of a batch generates what it generates alone."""
+    model = get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS))
+    train_memory_outputs(model)
+    pads = [0, 3, 6]
+    ids = input_ids(batch=3)
+    attention_mask = torch.ones_like(ids)
+    for row, num_pads in enumerate(pads):
+        attention_mask[row, :num_pads] = 0
+    kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        batched_logits = model(ids, attention_mask=attention_mask).logits
+        generated = model.generate(ids, attention_mask=attention_mask, **kwargs)
+        for row, num_pads in enumerate(pads):
+            alone = ids[row : row + 1, num_pads:]
+            torch.testing.assert_close(batched_logits[row, num_pads:], model(alone).logits[0], rtol=0, atol=1e-5)
+            assert torch.equal(generated[row, 11:], model.generate(alone, **kwargs)[0, 11 - num_pads :])
+
+
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 @pytest.mark.parametrize(
     "adapter_kwargs",

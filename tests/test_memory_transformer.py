@@ -156,6 +156,42 @@ def test_batched_left_padded_generation_matches_no_cache():
     assert torch.equal(model.generate(input_ids, **kwargs), model.generate(input_ids, use_cache=False, **kwargs))
 
 
+def left_padded_batch(pads: list[int], length: int, vocab_size: int, seed: int = 1):
+    """`(input_ids, attention_mask)` with `pads[b]` leading padding tokens in row b."""
+    input_ids = torch.randint(1, vocab_size, (len(pads), length), generator=torch.Generator().manual_seed(seed))
+    attention_mask = torch.ones_like(input_ids)
+    for row, num_pads in enumerate(pads):
+        input_ids[row, :num_pads], attention_mask[row, :num_pads] = 0, 0
+    return input_ids, attention_mask
+
+
+def test_left_padded_rows_are_routed_and_generated_as_alone():
+    """Chunks count a row's real tokens, so left padding (any amount) leaves routing, logits and generated tokens
+    exactly as for the row without padding, also through cached incremental calls that mix padding and tokens."""
+    model = tiny_model()
+    pads = [0, 3, 6]
+    input_ids, attention_mask = left_padded_batch(pads, 11, 97)
+    with torch.no_grad():
+        batched = model(input_ids, attention_mask=attention_mask)
+        generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=12, do_sample=False,
+                                   eos_token_id=None)
+        for row, num_pads in enumerate(pads):
+            alone = model(input_ids[row : row + 1, num_pads:], output_router_logits=True)
+            torch.testing.assert_close(batched.logits[row, num_pads:], alone.logits[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(batched.router_logits[0][row, num_pads:], alone.router_logits[0][0])
+            alone_generated = model.generate(input_ids[row : row + 1, num_pads:], max_new_tokens=12, do_sample=False,
+                                             eos_token_id=None)
+            assert torch.equal(generated[row, 11:], alone_generated[0, 11 - num_pads :])
+        sequence = torch.cat([input_ids, torch.randint(1, 97, (3, 9))], 1)
+        mask = torch.cat([attention_mask, torch.ones(3, 9, dtype=attention_mask.dtype)], 1)
+        full = model(sequence, attention_mask=mask).logits
+        cache = MemoryTransformerCache(config=model.config)
+        pieces = [model(sequence[:, a:b], attention_mask=mask[:, :b], cache=cache).logits
+                  for a, b in ((0, 5), (5, 11), (11, 12), (12, 17), (17, 20))]
+    real = mask.bool()
+    torch.testing.assert_close(torch.cat(pieces, 1)[real], full[real], rtol=0, atol=1e-5)
+
+
 def test_memory_is_projected_once_per_generation():
     model = tiny_model()
     calls = []

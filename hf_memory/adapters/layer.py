@@ -21,6 +21,7 @@ from ..models.memory_transformer.modeling_memory_transformer import (
     MemoryTransformerMemoryBlock,
     build_memory_bank,
     memory_router_statistics,
+    padding_mask,
 )
 from .config import MemoryAdapterConfig
 
@@ -76,15 +77,20 @@ class MemoryForwardContext:
     def __init__(self):
         self.attention_mask: Optional[torch.Tensor] = None
         self.router_logits: list[torch.Tensor] = []
+        self._token_mask: Optional[tuple[int, Optional[torch.Tensor]]] = None
 
     def start_forward(self, module, args, kwargs) -> None:
         mask = kwargs.get("attention_mask")
-        # float once per forward, not in every memory layer
-        self.attention_mask = mask.to(torch.float32) if mask is not None and mask.dim() == 2 else None
+        self.attention_mask = mask if mask is not None and mask.dim() == 2 else None
+        self._token_mask = None
         self.router_logits = []
 
     def token_mask(self, seq_len: int) -> Optional[torch.Tensor]:
-        return None if self.attention_mask is None else self.attention_mask[:, -seq_len:]
+        """The new tokens' float padding mask, `None` when none is padding; formed once per forward, not in every
+        memory layer."""
+        if self._token_mask is None or self._token_mask[0] != seq_len:
+            self._token_mask = (seq_len, padding_mask(self.attention_mask, seq_len))
+        return self._token_mask[1]
 
     def router_loss(self, memory_config: MemoryTransformerConfig) -> Optional[torch.Tensor]:
         """`aux_coef * load_balance + z_coef * z_loss` over the memory layers of the last forward (None: no chapters)."""

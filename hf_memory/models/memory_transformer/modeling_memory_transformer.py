@@ -157,16 +157,17 @@ def build_memory_bank(config: MemoryTransformerConfig) -> MemoryTransformerMemor
 
 @dataclass
 class MemoryRoutingState:
-    """Causal routing summary of every position a memory layer has processed so far.
+    """Causal routing summary of every token a memory layer has processed so far.
 
     query_sum / query_count: sum and number of the routing queries of non-padding tokens, `(batch, 1, d)` /
     `(batch, 1, 1)`, up to the pending tokens.
-    chunk_logits: router logits of the chunk the next position may continue, `(batch, 1, num_routed_chapters)`.
-    num_positions: positions processed so far (padding included), which fixes where the next chunk starts.
+    chunk_logits: router logits of each row's current chunk, `(batch, 1, num_routed_chapters)`.
+    num_positions: the number of non-padding tokens each row has processed (pending ones included), which fixes where
+    its next chunk starts: a left-padded row is routed exactly like the same row without padding.
     chunk_memory: the keys, values `(batch, kv_heads, S, head_dim)` and chapter-weight bias `(batch, 1, 1, S)` gathered
-    for that chunk (see `MemoryTransformerMemoryBlock._gather_chapters`), so decoding steps inside a chunk reuse them
+    for those chunks (see `MemoryTransformerMemoryBlock._gather_chapters`), so decoding steps inside a chunk reuse them
     instead of gathering again; `None` until a step needs them.
-    pending: `(routing_queries, token_mask)` of the calls since the last routing decision, not yet in the sums: they
+    pending: routing queries of the calls since the last routing decision (padding-free), not yet in the sums: they
     only matter for the next decision, so decoding steps inside a chunk just append here and the next decision sums
     them in its prefix matmul (no tensor ops per step).
     """
@@ -174,9 +175,9 @@ class MemoryRoutingState:
     query_sum: torch.Tensor
     query_count: torch.Tensor
     chunk_logits: torch.Tensor
-    num_positions: int
+    num_positions: tuple[int, ...]
     chunk_memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    pending: tuple[tuple[torch.Tensor, torch.Tensor | None], ...] = ()
+    pending: tuple[torch.Tensor, ...] = ()
 
     def index_batch(self, indices: torch.Tensor) -> "MemoryRoutingState":
         def select(tensor):
@@ -186,10 +187,29 @@ class MemoryRoutingState:
             select(self.query_sum),
             select(self.query_count),
             select(self.chunk_logits),
-            self.num_positions,
+            tuple(self.num_positions[index] for index in indices.tolist()),
             None if self.chunk_memory is None else tuple(select(tensor) for tensor in self.chunk_memory),
-            tuple((select(queries), select(mask)) for queries, mask in self.pending),
+            tuple(select(queries) for queries in self.pending),
         )
+
+
+@dataclass(frozen=True)
+class MemoryChunkLayout:
+    """Where the new tokens of one call sit among the routing chunks of their rows.
+
+    segment / slot: `(batch, seq_len)`: the token's chunk, counted from the chunk of the row's first new token, and its
+    place among that chunk's new tokens (`segment = -1` for padding). `None` when the tokens are already in chunk order
+    in every row (no padding, equally long rows, chunk-aligned or within one chunk), which needs no packing.
+    continues_chunk: every row's first segment is a chunk routed by an earlier call (its gathered memory is reusable).
+    """
+
+    segment: torch.Tensor | None
+    slot: torch.Tensor | None
+    continues_chunk: bool
+
+
+IN_CHUNK_ORDER = MemoryChunkLayout(None, None, continues_chunk=False)
+CONTINUING_CHUNK = MemoryChunkLayout(None, None, continues_chunk=True)
 
 
 class MemoryCache:
@@ -254,6 +274,15 @@ class MemoryTransformerCache(DynamicCache):
 # Chapter routing
 
 
+def padding_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """The float `(batch, seq_len)` mask of the new tokens for the memory layers, or `None` when none is padding (the
+    memory layers' padding-free path), checked once per forward rather than in every memory layer."""
+    if attention_mask is None or attention_mask.dim() != 2:
+        return None
+    token_mask = attention_mask[:, -seq_len:]
+    return token_mask.to(torch.float32) if not bool(token_mask.all()) else None
+
+
 def memory_router_statistics(
     router_logits: tuple[torch.Tensor, ...], top_k: int, attention_mask: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
@@ -283,10 +312,11 @@ def memory_router_statistics(
 class MemoryTransformerChapterRouter(nn.Module):
     """Chooses chapters per routing chunk from a causal mean of routing queries.
 
-    Chunk `j` covers positions `[j c, (j + 1) c)` with `c = config.routing_chunk_size`. Its logits are
-    `gate(mean of the routing queries of the non-padding tokens at positions <= j c)`, so no token is routed with
-    information from a later position or from padding, and a cached, token-by-token decode computes the same routing as
-    a full forward.
+    Chunk `j` of a row covers its non-padding tokens `[j c, (j + 1) c)` (counted without padding) with
+    `c = config.routing_chunk_size`. Its logits are `gate(mean of the routing queries of the row's non-padding tokens
+    up to and including token j c)`, so no token is routed with information from a later position or from padding,
+    the amount of left padding does not move chunk boundaries, and a cached, token-by-token decode computes the same
+    routing as a full forward.
     """
 
     def __init__(self, config: MemoryTransformerConfig):
@@ -301,57 +331,73 @@ class MemoryTransformerChapterRouter(nn.Module):
         routing_queries: torch.Tensor,
         token_mask: torch.Tensor | None = None,
         state: MemoryRoutingState | None = None,
-    ) -> tuple[torch.Tensor, MemoryRoutingState]:
-        """Router logits of every routing chunk the new tokens touch, `(batch, num_segments, num_routed_chapters)`
-        (segment 0 is the chunk of the first new token), and the state after these tokens.
+    ) -> tuple[torch.Tensor, MemoryRoutingState, MemoryChunkLayout]:
+        """Router logits of every chunk the new tokens touch, `(batch, num_segments, num_routed_chapters)` (segment 0
+        is the chunk of each row's first new token), the state after these tokens, and the tokens' layout.
 
-        routing_queries: `(batch, seq_len, hidden)` for the new tokens; token_mask: `(batch, seq_len)`, 1 = real token;
-        state: the state after the previous tokens of these sequences (`None` = they are the first tokens).
-        Only the prefix sums at chunk starts (and the total, for the state) are formed, as one matmul with a 0/1
-        prefix matrix: cheaper than a cumulative sum over every position, and exact (later positions contribute 0).
-        Tokens that start no chunk are only kept in `state.pending` until the next call that does.
+        routing_queries: `(batch, seq_len, hidden)` for the new tokens; token_mask: `(batch, seq_len)`, 1 = real token
+        (`None`: no padding); state: the state after the previous tokens of these sequences (`None` = they are the
+        first tokens). Only the prefix sums at chunk starts (and the total, for the state) are formed, as one batched
+        matmul with 0/1 prefix matrices: cheaper than a cumulative sum over every position, and exact. Padding-free
+        calls that start no chunk in any row only keep their queries in `state.pending` until the next call that does.
         """
         batch_size, seq_len, _ = routing_queries.shape
         device = routing_queries.device
-        offset = 0 if state is None else state.num_positions
-        num_positions = offset + seq_len
-        decision_rows = list(range(-offset % self.chunk_size, seq_len, self.chunk_size))
-        if not decision_rows:  # decoding inside a chunk: routing is unchanged
-            pending = state.pending + ((routing_queries, token_mask),)
-            return state.chunk_logits, replace(state, num_positions=num_positions, chunk_memory=None, pending=pending)
-        if state is not None and state.pending:  # the pending tokens precede every new decision row
-            routing_queries, token_mask = self._concatenate([*state.pending, (routing_queries, token_mask)])
-            decision_rows = [row + routing_queries.shape[1] - seq_len for row in decision_rows]
-            seq_len = routing_queries.shape[1]
-        rows = torch.tensor(decision_rows + [seq_len - 1], device=device)
-        prefix = (torch.arange(seq_len, device=device) <= rows[:, None]).float()
-        if token_mask is not None:
-            prefix = prefix * token_mask.to(device=device, dtype=torch.float32)[:, None, :]
-        sums = torch.matmul(prefix, routing_queries.float())
-        counts = prefix.sum(-1, keepdim=True).expand(batch_size, -1, -1)
+        chunk = self.chunk_size
+        seen = (0,) * batch_size if state is None else state.num_positions
+        if token_mask is None and all(0 < done % chunk <= chunk - seq_len for done in seen):
+            # every row stays inside the chunk it is in: routing is unchanged
+            new_state = replace(
+                state, num_positions=tuple(done + seq_len for done in seen), chunk_memory=None,
+                pending=state.pending + (routing_queries,),
+            )
+            return state.chunk_logits, new_state, CONTINUING_CHUNK
+        pending = state.pending if state is not None else ()
+        num_pending = sum(queries.shape[1] for queries in pending)
+        queries = torch.cat([*pending, routing_queries], 1) if pending else routing_queries
+        if token_mask is None:
+            real = torch.ones(batch_size, num_pending + seq_len, dtype=torch.bool, device=device)
+            new_real = [seq_len] * batch_size
+        else:
+            real = torch.cat([torch.ones(batch_size, num_pending, dtype=torch.bool, device=device), token_mask > 0], 1)
+            new_real = real[:, num_pending:].sum(1).tolist()
+        first_chunk = [done // chunk for done in seen]
+        last_segment = [(done + count - 1) // chunk - first if count else 0
+                        for done, count, first in zip(seen, new_real, first_chunk)]
+        num_segments = max(last_segment) + 1
+        summed = torch.tensor([done - num_pending for done in seen], device=device)
+        index = summed[:, None] + real.cumsum(1) - 1  # each token's place among its row's real tokens
+        first_chunk_ids = torch.tensor(first_chunk, device=device)
+        chunk_starts = (first_chunk_ids[:, None] + torch.arange(num_segments, device=device)) * chunk
+        prefix = torch.cat([real[:, None] & (index[:, None] <= chunk_starts[:, :, None]), real[:, None]], 1).float()
+        sums = torch.matmul(prefix, queries.float())
+        counts = prefix.sum(-1, keepdim=True)
         if state is not None:
             sums = sums + state.query_sum
             counts = counts + state.query_count
         means = sums[:, :-1] / counts[:, :-1].clamp(min=1.0)
         chunk_logits = self.gate(means.to(self.gate.weight.dtype))
-        if offset % self.chunk_size:
-            chunk_logits = torch.cat([state.chunk_logits.to(chunk_logits.dtype), chunk_logits], dim=1)
-        new_state = MemoryRoutingState(sums[:, -1:], counts[:, -1:], chunk_logits[:, -1:], num_positions)
-        return chunk_logits, new_state
-
-    @staticmethod
-    def _concatenate(
-        pieces: list[tuple[torch.Tensor, torch.Tensor | None]],
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One `(routing_queries, token_mask)` pair from consecutive ones (a missing mask means all real tokens)."""
-        queries = torch.cat([piece for piece, _ in pieces], 1)
-        if all(mask is None for _, mask in pieces):
-            return queries, None
-        masks = [
-            torch.ones(piece.shape[:2], device=piece.device) if mask is None else mask.to(torch.float32)
-            for piece, mask in pieces
-        ]
-        return queries, torch.cat(masks, 1)
+        continued = [bool(done % chunk) for done in seen]
+        if any(continued):  # those rows' first segment was routed when its chunk started
+            keep = torch.tensor(continued, device=device)[:, None, None]
+            first = torch.where(keep, state.chunk_logits.to(chunk_logits.dtype), chunk_logits[:, :1])
+            chunk_logits = torch.cat([first, chunk_logits[:, 1:]], 1)
+        last_logits = chunk_logits.gather(
+            1, torch.tensor(last_segment, device=device)[:, None, None].expand(-1, 1, chunk_logits.shape[-1])
+        )
+        new_state = MemoryRoutingState(
+            sums[:, -1:], counts[:, -1:], last_logits, tuple(done + count for done, count in zip(seen, new_real))
+        )
+        # Training (aligned chunks) and decoding (one segment) need no packing: the tokens are already in chunk order.
+        aligned = len(set(seen)) == 1 and seen[0] % chunk == 0 and seq_len % chunk == 0
+        if token_mask is None and (num_segments == 1 or aligned):
+            return chunk_logits, new_state, IN_CHUNK_ORDER
+        new_index = index[:, num_pending:]
+        segment = new_index.div(chunk, rounding_mode="floor") - first_chunk_ids[:, None]
+        segment_start = torch.maximum((first_chunk_ids[:, None] + segment) * chunk, summed[:, None] + num_pending)
+        slot = new_index - segment_start
+        segment = segment.masked_fill(~real[:, num_pending:], -1)
+        return chunk_logits, new_state, MemoryChunkLayout(segment, slot, continues_chunk=False)
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chapter ids `(..., S + k)` (shared chapters first) and their mixing weights (shared 1, routed top-k
@@ -525,20 +571,20 @@ class MemoryTransformerMemoryBlock(nn.Module):
             attended = self._attend(query, keys.transpose(0, 1), values.transpose(0, 1), None, 1)
             return self.memory_output(attended), None
         state = memory_cache.routing_states.get(self.layer_idx) if memory_cache is not None else None
-        chunk_logits, new_state = self.router(normed, attention_mask, state)
-        offset = state.num_positions if state is not None else 0
+        chunk_logits, new_state, layout = self.router(normed, attention_mask, state)
         attended, new_state.chunk_memory = self._attend_chapters(
-            query, keys, values, chunk_logits, offset, state,
+            query, keys, values, chunk_logits, layout, state,
             keep_chunk_memory=memory_cache is not None and not torch.is_grad_enabled(),
         )
         if memory_cache is not None:
             memory_cache.routing_states[self.layer_idx] = new_state
-        num_segments = chunk_logits.shape[1]
-        if num_segments == 1:
+        if layout.segment is not None:
+            token_segment = layout.segment.clamp(min=0)[..., None].expand(-1, -1, chunk_logits.shape[-1])
+            router_logits = chunk_logits.gather(1, token_segment)
+        elif chunk_logits.shape[1] == 1:
             router_logits = chunk_logits.expand(-1, seq_len, -1)
-        else:
-            positions = torch.arange(offset, offset + seq_len, device=query.device)
-            router_logits = chunk_logits[:, positions // self.router.chunk_size - offset // self.router.chunk_size]
+        else:  # chunk-aligned rows: token t is in segment t // chunk_size
+            router_logits = chunk_logits.repeat_interleave(self.router.chunk_size, dim=1)
         return self.memory_output(attended), router_logits
 
     def _group_queries(self, query: torch.Tensor, num_groups_per_row: int) -> torch.Tensor:
@@ -606,42 +652,39 @@ class MemoryTransformerMemoryBlock(nn.Module):
         keys: torch.Tensor,
         values: torch.Tensor,
         chunk_logits: torch.Tensor,
-        offset: int,
+        layout: MemoryChunkLayout,
         state: MemoryRoutingState | None,
         keep_chunk_memory: bool,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
         """Group the new tokens by routing chunk, gather each chunk's chapters and attend to them jointly.
 
         Memory attention ignores token positions, so the tokens of one chunk are packed into a group of
-        `min(chunk_size, seq_len)` query slots that share the gathered keys/values. The chapter weights enter as a
-        `log(weight)` bias on that chapter's logits (one softmax over all selected tokens, each chapter's attention mass
-        scaled by its weight), which is how the router receives gradient from the language-model loss. Returns the
-        attended values `(batch, seq_len, heads * head_dim)` and (with `keep_chunk_memory`, for a call within one
-        chunk) the chunk's gathered memory, which later decoding steps inside that chunk reuse from
-        `state.chunk_memory` (routing is fixed in a chunk). After a call spanning several chunks, the next step
-        gathers its chunk's memory itself: keeping it would cost a copy per forward that plain forwards never use.
+        `min(chunk_size, seq_len)` query slots that share the gathered keys/values (padding takes no slot and reads
+        nothing). The chapter weights enter as a `log(weight)` bias on that chapter's logits (one softmax over all
+        selected tokens, each chapter's attention mass scaled by its weight), which is how the router receives
+        gradient from the language-model loss. Returns the attended values `(batch, seq_len, heads * head_dim)` and
+        (with `keep_chunk_memory`, for a call within one chunk per row) the chunks' gathered memory, which later
+        decoding steps inside those chunks reuse from `state.chunk_memory` (routing is fixed in a chunk). After a
+        call spanning several chunks, the next step gathers its chunk's memory itself: keeping it would cost a copy per
+        forward that plain forwards never use.
         """
-        batch_size, seq_len, _ = query.shape
-        chunk_size = self.router.chunk_size
+        batch_size, seq_len, width = query.shape
         num_segments = chunk_logits.shape[1]
-        group_len = min(chunk_size, seq_len)
-        # Training (aligned chunks) and decoding (one segment) need no packing: the slots are already in token order.
-        in_order = num_segments == 1 or (offset % chunk_size == 0 and seq_len % chunk_size == 0)
-        if not in_order:
-            positions = torch.arange(offset, offset + seq_len, device=query.device)
-            segment = positions // chunk_size - offset // chunk_size
-            slot = positions % chunk_size - torch.where(segment == 0, offset % chunk_size, 0)
-            flat_slot = segment * group_len + slot
-            packed = query.new_zeros(batch_size, num_segments * group_len, query.shape[-1])
-            query = packed.index_copy(1, flat_slot, query)
-        memory = None
-        if num_segments == 1 and state is not None and offset % chunk_size:  # continues the previous call's chunk
-            memory = state.chunk_memory
+        group_len = min(self.router.chunk_size, seq_len)
+        if layout.segment is not None:
+            num_slots = batch_size * num_segments * group_len
+            row_start = torch.arange(batch_size, device=query.device)[:, None] * (num_segments * group_len)
+            flat_slot = torch.where(layout.segment >= 0, row_start + layout.segment * group_len + layout.slot, num_slots)
+            flat_slot = flat_slot.flatten()[:, None].expand(-1, width)
+            packed = query.new_zeros(num_slots + 1, width).scatter(0, flat_slot, query.reshape(-1, width))
+            query = packed[:-1].view(batch_size, num_segments * group_len, width)
+        memory = state.chunk_memory if layout.continues_chunk else None
         if memory is None:
             memory = self._gather_chapters(keys, values, chunk_logits, query.dtype)
         attended = self._attend(query, *memory, num_segments)
-        if not in_order:
-            attended = attended.index_select(1, flat_slot)
+        if layout.segment is not None:
+            attended = torch.cat([attended.reshape(-1, width), attended.new_zeros(1, width)])
+            attended = attended.gather(0, flat_slot).view(batch_size, seq_len, width)
         return attended, memory if keep_chunk_memory and num_segments == 1 else None
 
     def _gather_chapters(
@@ -793,9 +836,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             cache=cache,
             position_ids=position_ids,
         )
-        token_mask = None
-        if attention_mask is not None and attention_mask.dim() == 2:  # converted once here, not in every memory layer
-            token_mask = attention_mask[:, -inputs_embeds.shape[1] :].to(torch.float32)
+        token_mask = padding_mask(attention_mask, inputs_embeds.shape[1])
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -928,4 +969,5 @@ __all__ = [
     "MemoryTransformerStandardMemoryBank",
     "build_memory_bank",
     "memory_router_statistics",
+    "padding_mask",
 ]
