@@ -192,6 +192,22 @@ def test_left_padded_rows_are_routed_and_generated_as_alone():
     torch.testing.assert_close(torch.cat(pieces, 1)[real], full[real], rtol=0, atol=1e-5)
 
 
+def test_generate_from_inputs_embeds_and_output_attentions():
+    """What a transformers user calls on any causal LM: `generate(inputs_embeds=...)` continues like
+    `generate(input_ids)`, and `output_attentions=True` (eager attention) returns one map per layer."""
+    model = tiny_model()
+    input_ids, attention_mask = left_padded_batch([0, 2], 9, 97)
+    kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    from_ids = model.generate(input_ids, **kwargs)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(input_ids), **kwargs)
+    assert torch.equal(from_embeds, from_ids[:, input_ids.shape[1] :])
+    model.set_attn_implementation("eager")
+    outputs = model(input_ids, attention_mask=attention_mask, output_attentions=True)
+    assert len(outputs.attentions) == model.config.num_hidden_layers
+    assert outputs.attentions[0].shape == (2, model.config.num_attention_heads, 9, 9)
+    assert outputs.attentions[0][1, :, 2:, :2].abs().max() == 0  # no real token attends to padding
+
+
 def test_memory_is_projected_once_per_generation():
     model = tiny_model()
     calls = []

@@ -32,6 +32,7 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.output_capturing import capture_outputs
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
 from .configuration_memory_transformer import MemoryTransformerConfig
@@ -770,6 +771,7 @@ class MemoryTransformerPreTrainedModel(ModelCardMixin, PreTrainedModel):
     _no_split_modules = ["MemoryTransformerDecoderLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+    _can_record_outputs = {"attentions": LlamaAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (MemoryTransformerZeroInitLinear, MemoryTransformerMemoryBank)):
@@ -796,6 +798,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -933,12 +936,13 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             router_logits=outputs.router_logits,
         )
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
         """Decoding steps skip the router statistics (nobody reads them) unless `output_router_logits` is passed."""
-        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         model_inputs.setdefault("output_router_logits", False)
         return model_inputs
 
