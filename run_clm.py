@@ -34,6 +34,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from hf_memory.model_cards import TrainerModelCardMixin
 from hf_memory.models.memory_transformer import (
@@ -380,6 +381,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     register_memory_transformer()
+    last_checkpoint = None
+    if training_args.do_train and os.path.isdir(training_args.output_dir) and not training_args.resume_from_checkpoint:
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info("Resuming from %s (found in output_dir).", last_checkpoint)
     set_seed(training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)
 
@@ -418,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     metrics = {}
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
         trainer.save_model()
         train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
         trainer.log_metrics("train", train_metrics)

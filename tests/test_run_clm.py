@@ -122,3 +122,24 @@ def test_missing_tokenizer_source_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="train_tokenizer_vocab_size"):
         run_clm.build_tokenizer(model_args, None, "text", str(tmp_path))
     assert torch.is_tensor(torch.zeros(1))
+
+
+def test_rerun_resumes_from_the_last_checkpoint_in_output_dir(tmp_path):
+    """Like run_qa.py (and the official examples before `overwrite_output_dir` went away): a second run with the same
+    --output_dir continues from its newest checkpoint instead of starting over (a fresh start with another seed would
+    log other losses for steps 1-2)."""
+    args = dict(base_args(tmp_path), max_steps=2, logging_steps=1, save_strategy="steps", save_steps=2, do_eval=False)
+    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    out = Path(args["output_dir"])
+
+    def logged_losses():
+        state = json.loads((out / "trainer_state.json").read_text())
+        return state["global_step"], {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+    run_clm.main(argv)
+    first_step, first_losses = logged_losses()
+    assert first_step == 2 and (out / "checkpoint-2").is_dir()
+    run_clm.main([*argv, "--max_steps", "3", "--seed", "1"])
+    step, losses = logged_losses()
+    assert step == 3 and sorted(losses) == [1, 2, 3]
+    assert {k: losses[k] for k in (1, 2)} == first_losses
