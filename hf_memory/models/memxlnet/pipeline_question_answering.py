@@ -374,7 +374,7 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
     def _encode(self, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         encoded = self.tokenizer(
             text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
-            return_token_type_ids=False,
+            return_token_type_ids=False, verbose=False,  # a long context is expected: it is cut into segments
         )
         return (
             np.asarray(encoded["input_ids"], dtype=np.int32),

@@ -238,7 +238,8 @@ def prepare_qa_features(
     special_ids = special_token_ids(tokenizer)
     check_segment_geometry(max_seq_length, doc_stride, len(memory_read_ids), max_query_length)
     question_enc = tokenizer([q.lstrip() for q in questions], add_special_tokens=False)
-    context_enc = tokenizer(list(contexts), add_special_tokens=False, return_offsets_mapping=True)
+    # contexts are cut into segments below: their full length is expected (verbose=False: no too-long warning)
+    context_enc = tokenizer(list(contexts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     rows: dict[str, list] = {}
     for i, question_ids in enumerate(question_enc["input_ids"]):
         answer_char_span = None
