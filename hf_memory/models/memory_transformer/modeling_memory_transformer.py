@@ -826,7 +826,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
                 raise ValueError(
                     f"cache is a {type(cache).__name__}, but memory layers must keep their routing "
                     "state and projected memory next to the KV cache. Fix: pass MemoryTransformerCache(config=config) "
-                    "or let the model create one (use_cache=True)."
+                    "or let the model create one (use_cache=True, and no cache_implementation in generate())."
                 )
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
