@@ -345,6 +345,39 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
     assert "REMOTE_OK" in result.stdout, result.stderr[-3000:]
 
 
+def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(tmp_path):
+    """`pipeline("text-generation", trust_remote_code=True)` in a process without hf_memory; prompts of different
+    lengths batched with left padding give what each prompt gives alone."""
+    from hf_memory.tokenization import train_causal_lm_tokenizer
+
+    texts = ["Once upon a time there was a little cat.", "The dog ran to the park and played all day."] * 20
+    tokenizer = train_causal_lm_tokenizer([], vocab_size=300, texts=texts)
+    model = tiny_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hf_memory"] = None
+        from transformers import pipeline
+        generator = pipeline("text-generation", model={str(checkpoint)!r}, trust_remote_code=True, device=-1)
+        generator.tokenizer.padding_side = "left"
+        prompts = ["Once upon a time there", "The dog"]
+        kwargs = dict(max_new_tokens=10, do_sample=False)
+        batched = [out[0]["generated_text"] for out in generator(prompts, batch_size=2, **kwargs)]
+        alone = [generator(prompt, **kwargs)[0]["generated_text"] for prompt in prompts]
+        assert batched == alone, (batched, alone)
+        print("PIPELINE_OK")
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH="")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert "PIPELINE_OK" in result.stdout, result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("use_chapters", [False, True])
 def test_batched_rows_equal_rows_run_alone(use_chapters):
     """Rows of a batch never mix: each row's logits equal the row run alone (trained-like, non-zero memory output)."""
