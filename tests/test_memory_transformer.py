@@ -63,6 +63,8 @@ def tiny_model(**overrides) -> MemoryTransformerForCausalLM:
         (dict(memory_sharing="grouped"), "memory_sharing"),
         (dict(num_shared_chapters=8), "num_shared_chapters"),
         (dict(routing_chunk_size=0), "routing_chunk_size"),
+        (dict(memory_bank_type="reduced_dim", memory_dim=16), "memory_rank"),
+        (dict(tokens_per_chapter=8), "num_memory_tokens and num_chapters"),
     ],
 )
 def test_bad_config_raises_value_error_naming_the_field(overrides, field):

@@ -11,6 +11,10 @@ MEMORY_SHARING_MODES = ("shared", "per_layer", "every_k_layers")
 MEMORY_BLOCK_VARIANTS = ("A", "B")
 
 
+def derived_field_error(field: str, value, fix: str) -> ValueError:
+    return ValueError(f"{field}={value!r} cannot be set: it is derived from the other fields. Fix: set {fix} instead.")
+
+
 class MemoryTransformerConfig(PreTrainedConfig):
     r"""
     Configuration of [`MemoryTransformerModel`] / [`MemoryTransformerForCausalLM`].
@@ -141,17 +145,34 @@ class MemoryTransformerConfig(PreTrainedConfig):
         """Width of the stored memory vectors."""
         return self.memory_rank if self.memory_bank_type == "reduced_dim" else self.hidden_size
 
+    @memory_dim.setter
+    def memory_dim(self, value):
+        raise derived_field_error("memory_dim", value, "memory_rank with memory_bank_type='reduced_dim' (otherwise it is "
+                                  "hidden_size)")
+
     @property
     def memory_head_dim(self) -> int:
         return self.memory_dim // self.memory_num_attention_heads
+
+    @memory_head_dim.setter
+    def memory_head_dim(self, value):
+        raise derived_field_error("memory_head_dim", value, "memory_num_attention_heads (memory width / heads)")
 
     @property
     def tokens_per_chapter(self) -> int:
         return self.num_memory_tokens // self.num_chapters if self.use_chapters else self.num_memory_tokens
 
+    @tokens_per_chapter.setter
+    def tokens_per_chapter(self, value):
+        raise derived_field_error("tokens_per_chapter", value, "num_memory_tokens and num_chapters")
+
     @property
     def num_routed_chapters(self) -> int:
         return self.num_chapters - self.num_shared_chapters
+
+    @num_routed_chapters.setter
+    def num_routed_chapters(self, value):
+        raise derived_field_error("num_routed_chapters", value, "num_chapters and num_shared_chapters")
 
     def get_memory_layer_indices(self) -> list[int]:
         """Sorted indices of the decoder layers that have a memory sublayer (empty in vanilla mode)."""
