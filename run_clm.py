@@ -103,6 +103,11 @@ class DataTrainingArguments:
     )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     keep_linebreaks: bool = field(default=True, metadata={"help": "Keep line breaks when reading .txt files."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the dataset as a stream (an IterableDataset: nothing downloaded or cached up front); "
+                  "needs --max_steps, and --validation_file or a validation split for --do_eval."},
+    )
 
     def __post_init__(self):
         if self.dataset_name is None and self.train_file is None and self.validation_file is None:
@@ -233,7 +238,8 @@ class MemoryLMTrainer(TrainerModelCardMixin, Trainer):
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments) -> datasets.DatasetDict:
     if data_args.dataset_name is not None:
         raw = datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, token=model_args.token
+            data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir, token=model_args.token,
+            streaming=data_args.streaming,
         )
         builder, data_files, builder_kwargs = None, None, {}
     else:
@@ -245,8 +251,11 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
         extension = next(iter(data_files.values())).rsplit(".", 1)[-1]
         builder = "text" if extension == "txt" else "json"
         builder_kwargs = {"keep_linebreaks": data_args.keep_linebreaks} if builder == "text" else {}
-        raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=model_args.cache_dir, **builder_kwargs)
-    if "validation" not in raw and "train" in raw:
+        raw = datasets.load_dataset(
+            builder, data_files=data_files, cache_dir=model_args.cache_dir, streaming=data_args.streaming,
+            **builder_kwargs,
+        )
+    if "validation" not in raw and "train" in raw and not data_args.streaming:
         held_out = data_args.validation_split_percentage
         split = raw["train"].train_test_split(test_size=held_out / 100, seed=0, shuffle=False)
         raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
@@ -284,7 +293,8 @@ def build_tokenizer(model_args: ModelArguments, raw_datasets: datasets.DatasetDi
         raise ValueError("No tokenizer: pass --tokenizer_name, --model_name_or_path or --train_tokenizer_vocab_size N.")
     if "train" not in raw_datasets:
         raise ValueError("--train_tokenizer_vocab_size trains on the training text. Fix: pass --train_file.")
-    texts = (text for text in raw_datasets["train"][text_column] if text and text.strip())
+    texts = (example[text_column] for example in raw_datasets["train"])
+    texts = (text for text in texts if text and text.strip())
     tokenizer = train_causal_lm_tokenizer([], model_args.train_tokenizer_vocab_size, texts=texts)
     tokenizer.save_pretrained(output_dir)
     logger.info(f"Trained a {len(tokenizer)}-token byte-level BPE tokenizer on the training text.")
@@ -337,12 +347,17 @@ def tokenize_and_group(raw_datasets, tokenizer, text_column: str, block_size: in
         result["labels"] = [list(block) for block in result["input_ids"]]
         return result
 
+    column_names = dataset_columns(raw_datasets)
+    if data_args.streaming:  # lazy: applied while the Trainer iterates
+        return raw_datasets.map(tokenize_function, batched=True, remove_columns=column_names).map(
+            group_texts, batched=True
+        )
     with training_args.main_process_first(desc="tokenize and group"):
         tokenized = raw_datasets.map(
             tokenize_function,
             batched=True,
             num_proc=data_args.preprocessing_num_workers,
-            remove_columns=next(iter(raw_datasets.values())).column_names,
+            remove_columns=column_names,
             load_from_cache_file=not data_args.overwrite_cache,
             desc="Running tokenizer on dataset",
         )
@@ -353,6 +368,23 @@ def tokenize_and_group(raw_datasets, tokenizer, text_column: str, block_size: in
             load_from_cache_file=not data_args.overwrite_cache,
             desc=f"Grouping texts in chunks of {block_size}",
         )
+
+
+def dataset_columns(raw_datasets) -> list[str]:
+    """Column names of the first split; a stream whose features are not declared shows them in its first example."""
+    dataset = next(iter(raw_datasets.values()))
+    if dataset.column_names is not None:
+        return dataset.column_names
+    return list(next(iter(dataset)))
+
+
+def limit(dataset, max_samples: int | None):
+    """The first `max_samples` examples (`take` on a stream, `select` on a map-style dataset)."""
+    if dataset is None or max_samples is None:
+        return dataset
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.take(max_samples)
+    return dataset.select(range(min(len(dataset), max_samples)))
 
 
 def preprocess_logits_for_metrics(logits, labels):
@@ -392,9 +424,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw_datasets = load_raw_datasets(data_args, model_args)
     for split, wanted in (("train", training_args.do_train), ("validation", training_args.do_eval)):
         if wanted and split not in raw_datasets:
-            raise ValueError(f"--do_{'train' if split == 'train' else 'eval'} needs a {split} split. Fix: pass "
+            held_out = " (--streaming cannot hold out --validation_split_percentage of a stream)"
+            raise ValueError(f"--do_{'train' if split == 'train' else 'eval'} needs a {split} split"
+                             f"{held_out if data_args.streaming and split == 'validation' else ''}. Fix: pass "
                              f"--{split}_file or --dataset_name.")
-    column_names = next(iter(raw_datasets.values())).column_names
+    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError("--streaming has no length to derive the number of training steps from. Fix: pass --max_steps.")
+    column_names = dataset_columns(raw_datasets)
     text_column = data_args.text_column_name or ("text" if "text" in column_names else column_names[0])
     config = build_config(model_args)
     tokenizer = build_tokenizer(model_args, raw_datasets, text_column, training_args.output_dir)
@@ -404,12 +440,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if block_size > tokenizer.model_max_length:
         logger.warning(f"block_size {block_size} exceeds model_max_length {tokenizer.model_max_length}.")
     lm_datasets = tokenize_and_group(raw_datasets, tokenizer, text_column, block_size, data_args, training_args)
-    train_dataset = lm_datasets.get("train")
-    if train_dataset is not None and data_args.max_train_samples is not None:
-        train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
-    eval_dataset = lm_datasets.get("validation")
-    if eval_dataset is not None and data_args.max_eval_samples is not None:
-        eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+    train_dataset = limit(lm_datasets.get("train"), data_args.max_train_samples)
+    eval_dataset = limit(lm_datasets.get("validation"), data_args.max_eval_samples)
 
     trainer = MemoryLMTrainer(
         model=model,
@@ -426,14 +458,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_train:
         train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or last_checkpoint)
         trainer.save_model()
-        train_metrics = dict(train_result.metrics, train_samples=len(train_dataset))
+        train_metrics = dict(train_result.metrics)
+        if not data_args.streaming:  # a stream has no length
+            train_metrics["train_samples"] = len(train_dataset)
         trainer.log_metrics("train", train_metrics)
         trainer.save_metrics("train", train_metrics)
         trainer.save_state()
         metrics.update(train_metrics)
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
-        eval_metrics["eval_samples"] = len(eval_dataset)
+        if not data_args.streaming:
+            eval_metrics["eval_samples"] = len(eval_dataset)
         eval_metrics["perplexity"] = math.exp(eval_metrics["eval_loss"]) if eval_metrics["eval_loss"] < 700 else float("inf")
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)

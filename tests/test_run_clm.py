@@ -143,3 +143,20 @@ def test_rerun_resumes_from_the_last_checkpoint_in_output_dir(tmp_path):
     step, losses = logged_losses()
     assert step == 3 and sorted(losses) == [1, 2, 3]
     assert {k: losses[k] for k in (1, 2)} == first_losses
+
+
+def test_streaming_trains_and_evaluates_from_a_stream(tmp_path):
+    """--streaming (official flag): the text files are read as IterableDatasets, the tokenizer is trained on the
+    stream, and the step count must come from --max_steps."""
+    args = dict(base_args(tmp_path), streaming=True)
+    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    metrics = run_clm.main(argv)
+    assert metrics["train_loss"] > 0 and math.isclose(metrics["perplexity"], math.exp(metrics["eval_loss"]))
+    assert "train_samples" not in metrics  # a stream has no length
+    no_steps = list(argv)
+    no_steps[no_steps.index("--max_steps") + 1] = "-1"
+    with pytest.raises(ValueError, match="--max_steps"):
+        run_clm.main(no_steps)
+    without_validation = argv[: argv.index("--validation_file")] + argv[argv.index("--validation_file") + 2 :]
+    with pytest.raises(ValueError, match="validation_split_percentage"):
+        run_clm.main(without_validation)
