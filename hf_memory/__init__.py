@@ -4,10 +4,21 @@ Importing the package registers every model with the transformers Auto classes, 
 `AutoModel` and the task Auto classes resolve our `model_type`s without `trust_remote_code`.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForQuestionAnswering
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+)
 
 from .adapters import MemoryAdapterConfig, MemoryAdapterModel, create_memory_optimizer, get_memory_model
-from .models.memory_transformer import MemoryTransformerConfig, MemoryTransformerForCausalLM, MemoryTransformerModel
+from .models.memory_transformer import (
+    MemoryTransformerConfig,
+    MemoryTransformerForCausalLM,
+    MemoryTransformerForSequenceClassification,
+    MemoryTransformerModel,
+)
 from .models.memxlnet import (
     GMMXLNetConfig,
     GMMXLNetForQuestionAnswering,
@@ -44,6 +55,9 @@ def _register_auto_classes():
     AutoConfig.register(MemoryTransformerConfig.model_type, MemoryTransformerConfig, exist_ok=True)
     AutoModel.register(MemoryTransformerConfig, MemoryTransformerModel, exist_ok=True)
     AutoModelForCausalLM.register(MemoryTransformerConfig, MemoryTransformerForCausalLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(
+        MemoryTransformerConfig, MemoryTransformerForSequenceClassification, exist_ok=True
+    )
 
 
 _register_auto_classes()

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from hf_memory.models.memory_transformer import (
     MemoryCache,
     MemoryTransformerCache,
     MemoryTransformerConfig,
     MemoryTransformerForCausalLM,
+    MemoryTransformerForSequenceClassification,
     MemoryTransformerMemoryBlock,
     build_memory_bank,
     memory_router_statistics,
@@ -210,6 +212,27 @@ def test_generate_from_inputs_embeds_and_output_attentions():
     assert outputs.attentions[0][1, :, 2:, :2].abs().max() == 0  # no real token attends to padding
 
 
+def test_sequence_classification_head_pools_the_last_real_token_and_trains_the_memory(tmp_path):
+    torch.manual_seed(0)
+    model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
+    pads = [0, 3, 6]
+    input_ids, attention_mask = left_padded_batch(pads, 11, 97)
+    with torch.no_grad():
+        scores = model(input_ids, attention_mask=attention_mask).logits
+        alone = torch.cat([model(input_ids[row : row + 1, num_pads:]).logits for row, num_pads in enumerate(pads)])
+    assert scores.shape == (3, 3)
+    torch.testing.assert_close(scores, alone, rtol=0, atol=1e-5)
+    model.train()
+    model(input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 2, 1])).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.memory_banks.parameters())
+    assert model.model.layers[0].memory_block.router.gate.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(loaded) is MemoryTransformerForSequenceClassification
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, scores, rtol=0, atol=0)
+
+
 def test_memory_is_projected_once_per_generation():
     model = tiny_model()
     calls = []
@@ -324,20 +347,27 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
     model = tiny_model()
     checkpoint = tmp_path / "checkpoint"
     model.save_pretrained(checkpoint)
+    torch.manual_seed(0)
+    classifier = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
+    classifier.save_pretrained(tmp_path / "classifier")
     input_ids = torch.randint(1, 97, (2, 9))
-    torch.save({"input_ids": input_ids, "logits": model(input_ids).logits}, tmp_path / "expected.pt")
+    torch.save({"input_ids": input_ids, "logits": model(input_ids).logits, "scores": classifier(input_ids).logits},
+               tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["hf_memory"] = None
         import torch
-        from transformers import AutoModel, AutoModelForCausalLM
+        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         model = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert torch.equal(model(expected["input_ids"]).logits, expected["logits"])
         base = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
         assert type(base).__name__ == "MemoryTransformerModel"
+        classifier = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "classifier")!r},
+                                                                        trust_remote_code=True).eval()
+        assert torch.equal(classifier(expected["input_ids"]).logits, expected["scores"])
         print("REMOTE_OK")
         """
     )
@@ -349,16 +379,24 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
 
 def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(tmp_path):
     """`pipeline("text-generation", trust_remote_code=True)` in a process without hf_memory; prompts of different
-    lengths batched with left padding give what each prompt gives alone."""
+    lengths batched with left padding give what each prompt gives alone. The classification head's card snippet
+    (`pipeline("text-classification", ...)`) works the same way."""
     from hf_memory.tokenization import train_causal_lm_tokenizer
 
     texts = ["Once upon a time there was a little cat.", "The dog ran to the park and played all day."] * 20
     tokenizer = train_causal_lm_tokenizer([], vocab_size=300, texts=texts)
-    model = tiny_model(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    checkpoint = tmp_path / "checkpoint"
+    token_ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = tiny_model(**token_ids)
+    checkpoint, classifier_checkpoint = tmp_path / "checkpoint", tmp_path / "classifier"
     model.save_pretrained(checkpoint)
     tokenizer.save_pretrained(checkpoint)
+    torch.manual_seed(0)
+    classifier = MemoryTransformerForSequenceClassification(tiny_config(num_labels=2, **token_ids))
+    classifier.save_pretrained(classifier_checkpoint)
+    tokenizer.save_pretrained(classifier_checkpoint)
+    card = (classifier_checkpoint / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and 'pipeline("text-classification"' in card
     script = textwrap.dedent(
         f"""
         import sys
@@ -371,6 +409,10 @@ def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(t
         batched = [out[0]["generated_text"] for out in generator(prompts, batch_size=2, **kwargs)]
         alone = [generator(prompt, **kwargs)[0]["generated_text"] for prompt in prompts]
         assert batched == alone, (batched, alone)
+        classify = pipeline("text-classification", model={str(classifier_checkpoint)!r}, trust_remote_code=True,
+                            device=-1)
+        labels = classify(prompts, batch_size=2)
+        assert [label["label"] for label in labels] == [classify(prompt)[0]["label"] for prompt in prompts]
         print("PIPELINE_OK")
         """
     )

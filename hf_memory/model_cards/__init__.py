@@ -44,10 +44,13 @@ def render_model_card(
     eval_results: dict[str, float] | None = None,
     dataset_name: str | None = None,
     family: str | None = None,
+    pipeline_tag: str | None = None,
 ) -> str:
-    """The README.md text for a checkpoint: Hub metadata header, description, working usage snippets, metrics."""
+    """The README.md text for a checkpoint: Hub metadata header, description, working usage snippets, metrics.
+    `pipeline_tag` overrides the family's task (a task head such as sequence classification)."""
     family = family or _family(config)
-    template, pipeline_tag = FAMILIES[family]
+    template, family_task = FAMILIES[family]
+    pipeline_tag = pipeline_tag or family_task
     eval_results = {
         name.removeprefix("eval_"): round(float(value), 4)
         for name, value in (eval_results or {}).items()
@@ -82,6 +85,7 @@ def render_model_card(
         model_name=model_name,
         base_model=base_model,
         eval_results=eval_results,
+        pipeline_tag=pipeline_tag,
     )
     return str(card)
 
@@ -113,7 +117,10 @@ class ModelCardMixin:
 
     transformers' `push_to_hub` replaces README.md with a generic card right before the upload, so the card is
     rewritten (with the repo id in the usage snippets) at the last step, `_upload_modified_files`.
+    `card_pipeline_tag` names the task of a head whose task differs from its family's (None: the family's).
     """
+
+    card_pipeline_tag: str | None = None
 
     def _card_config(self):
         return self.config
@@ -121,10 +128,12 @@ class ModelCardMixin:
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            write_model_card(save_directory, self._card_config())
+            write_model_card(save_directory, self._card_config(), pipeline_tag=self.card_pipeline_tag)
 
     def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
-        write_model_card(working_dir, self._card_config(), overwrite=True, model_id=repo_id)
+        write_model_card(
+            working_dir, self._card_config(), overwrite=True, model_id=repo_id, pipeline_tag=self.card_pipeline_tag
+        )
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
 
@@ -150,6 +159,7 @@ class TrainerModelCardMixin:
             model_id=self.args.hub_model_id or self.args.output_dir,
             base_model=finetuned_from,
             datasets=datasets,
+            pipeline_tag=getattr(self.model, "card_pipeline_tag", None),
             eval_results={
                 name: value for name, value in (evaluations[-1] if evaluations else {}).items()
                 if name.startswith("eval_") and not name.endswith(("runtime", "per_second"))

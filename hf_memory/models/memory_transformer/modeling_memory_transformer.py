@@ -29,7 +29,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
@@ -954,9 +954,25 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             model_kwargs["cache"] = MemoryTransformerCache(config=self.config.get_text_config(decoder=True))
 
 
+class MemoryTransformerForSequenceClassification(GenericForSequenceClassification, MemoryTransformerPreTrainedModel):
+    """Llama's sequence-classification head (scores of each row's last non-padding token) on a MemoryTransformer.
+    The backbone is built directly rather than through `AutoModel`, so a remote-code checkpoint loads in a process
+    that never registered the model type. As in Mixtral's classification head, router losses are not added."""
+
+    card_pipeline_tag = "text-classification"
+
+    def __init__(self, config: MemoryTransformerConfig):
+        MemoryTransformerPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = MemoryTransformerModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+
 MemoryTransformerConfig.register_for_auto_class()
 MemoryTransformerModel.register_for_auto_class("AutoModel")
 MemoryTransformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+MemoryTransformerForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
     "MemoryCache",
@@ -965,6 +981,7 @@ __all__ = [
     "MemoryTransformerChapterRouter",
     "MemoryTransformerFactorizedMemoryBank",
     "MemoryTransformerForCausalLM",
+    "MemoryTransformerForSequenceClassification",
     "MemoryTransformerMemoryBank",
     "MemoryTransformerMemoryBlock",
     "MemoryTransformerModel",
