@@ -151,12 +151,15 @@ def test_generate_with_cache_equals_generate_without(overrides):
     assert torch.equal(with_cache, without_cache)
 
 
-def test_batched_left_padded_generation_matches_no_cache():
+@pytest.mark.parametrize("search", [dict(), dict(num_beams=3), dict(num_beams=2, num_return_sequences=2)],
+                         ids=["greedy", "beams", "beams-returning-two"])
+def test_batched_left_padded_generation_matches_no_cache(search):
+    """Beam search reorders and repeats the rows: the routing state (per-row token counts included) follows."""
     model = tiny_model()
     input_ids = torch.randint(1, 97, (2, 7))
     attention_mask = torch.ones_like(input_ids)
     input_ids[0, :3], attention_mask[0, :3] = 0, 0
-    kwargs = dict(attention_mask=attention_mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    kwargs = dict(attention_mask=attention_mask, max_new_tokens=10, do_sample=False, pad_token_id=0, **search)
     assert torch.equal(model.generate(input_ids, **kwargs), model.generate(input_ids, use_cache=False, **kwargs))
 
 
