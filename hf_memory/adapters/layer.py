@@ -86,8 +86,8 @@ class MemoryForwardContext:
         self.router_logits = []
 
     def token_mask(self, seq_len: int) -> Optional[torch.Tensor]:
-        """The new tokens' float padding mask, `None` when none is padding; formed once per forward, not in every
-        memory layer."""
+        """The new tokens' padding mask, `None` when none is padding; formed once per forward, not in every memory
+        layer."""
         if self._token_mask is None or self._token_mask[0] != seq_len:
             self._token_mask = (seq_len, padding_mask(self.attention_mask, seq_len))
         return self._token_mask[1]
@@ -133,9 +133,9 @@ class MemoryAdapterLayer(nn.Module):
             memory_cache = getattr(cache, "memory_cache", None)
             if memory_cache is None:
                 memory_cache = cache.memory_cache = MemoryCache()
-        delta, router_logits = self.memory_block(
-            hidden_states, self.memory_bank, self.context.token_mask(hidden_states.shape[1]), memory_cache
-        )
+        # only chapter routing reads padding
+        token_mask = self.context.token_mask(hidden_states.shape[1]) if self.memory_block.router is not None else None
+        delta, router_logits = self.memory_block(hidden_states, self.memory_bank, token_mask, memory_cache)
         if router_logits is not None:
             self.context.router_logits.append(router_logits)
         return hidden_states + delta

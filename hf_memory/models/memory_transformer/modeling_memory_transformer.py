@@ -276,12 +276,12 @@ class MemoryTransformerCache(DynamicCache):
 
 
 def padding_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-    """The float `(batch, seq_len)` mask of the new tokens for the memory layers, or `None` when none is padding (the
-    memory layers' padding-free path), checked once per forward rather than in every memory layer."""
+    """The `(batch, seq_len)` mask of the new tokens for the chapter routers, or `None` when none is padding (their
+    padding-free path), checked once per forward rather than in every memory layer."""
     if attention_mask is None or attention_mask.dim() != 2:
         return None
     token_mask = attention_mask[:, -seq_len:]
-    return token_mask.to(torch.float32) if not bool(token_mask.all()) else None
+    return None if bool(token_mask.all()) else token_mask
 
 
 def memory_router_statistics(
@@ -366,7 +366,8 @@ class MemoryTransformerChapterRouter(nn.Module):
         last_segment = [(done + count - 1) // chunk - first if count else 0
                         for done, count, first in zip(seen, new_real, first_chunk)]
         num_segments = max(last_segment) + 1
-        summed = torch.tensor([done - num_pending for done in seen], device=device)
+        seen_ids = torch.tensor(seen, device=device)
+        summed = seen_ids - num_pending  # real tokens already in state.query_sum
         index = summed[:, None] + real.cumsum(1) - 1  # each token's place among its row's real tokens
         first_chunk_ids = torch.tensor(first_chunk, device=device)
         chunk_starts = (first_chunk_ids[:, None] + torch.arange(num_segments, device=device)) * chunk
@@ -395,7 +396,7 @@ class MemoryTransformerChapterRouter(nn.Module):
             return chunk_logits, new_state, IN_CHUNK_ORDER
         new_index = index[:, num_pending:]
         segment = new_index.div(chunk, rounding_mode="floor") - first_chunk_ids[:, None]
-        segment_start = torch.maximum((first_chunk_ids[:, None] + segment) * chunk, summed[:, None] + num_pending)
+        segment_start = torch.maximum((first_chunk_ids[:, None] + segment) * chunk, seen_ids[:, None])
         slot = new_index - segment_start
         segment = segment.masked_fill(~real[:, num_pending:], -1)
         return chunk_logits, new_state, MemoryChunkLayout(segment, slot, continues_chunk=False)
@@ -839,7 +840,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             cache=cache,
             position_ids=position_ids,
         )
-        token_mask = padding_mask(attention_mask, inputs_embeds.shape[1])
+        routes = self.config.use_chapters and len(self.memory_banks) > 0  # only chapter routing reads padding
+        token_mask = padding_mask(attention_mask, inputs_embeds.shape[1]) if routes else None
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
