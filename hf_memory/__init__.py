@@ -10,6 +10,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 
 from .adapters import MemoryAdapterConfig, MemoryAdapterModel, create_memory_optimizer, get_memory_model
@@ -17,6 +18,7 @@ from .models.memory_transformer import (
     MemoryTransformerConfig,
     MemoryTransformerForCausalLM,
     MemoryTransformerForSequenceClassification,
+    MemoryTransformerForTokenClassification,
     MemoryTransformerModel,
 )
 from .models.memxlnet import (
@@ -57,6 +59,9 @@ def _register_auto_classes():
     AutoModelForCausalLM.register(MemoryTransformerConfig, MemoryTransformerForCausalLM, exist_ok=True)
     AutoModelForSequenceClassification.register(
         MemoryTransformerConfig, MemoryTransformerForSequenceClassification, exist_ok=True
+    )
+    AutoModelForTokenClassification.register(
+        MemoryTransformerConfig, MemoryTransformerForTokenClassification, exist_ok=True
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from hf_memory.models.memory_transformer import (
     MemoryCache,
@@ -17,6 +17,7 @@ from hf_memory.models.memory_transformer import (
     MemoryTransformerConfig,
     MemoryTransformerForCausalLM,
     MemoryTransformerForSequenceClassification,
+    MemoryTransformerForTokenClassification,
     MemoryTransformerMemoryBlock,
     build_memory_bank,
     memory_router_statistics,
@@ -236,6 +237,34 @@ def test_sequence_classification_head_pools_the_last_real_token_and_trains_the_m
         torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, scores, rtol=0, atol=0)
 
 
+def test_token_classification_head_labels_each_real_token_as_alone_and_trains_the_memory(tmp_path):
+    torch.manual_seed(0)
+    model = MemoryTransformerForTokenClassification(tiny_config(num_labels=5)).eval()
+    pads = [0, 3, 6]
+    input_ids, attention_mask = left_padded_batch(pads, 11, 97)
+    with torch.no_grad():
+        logits = model(input_ids, attention_mask=attention_mask).logits
+        for row, num_pads in enumerate(pads):
+            alone = model(input_ids[row : row + 1, num_pads:]).logits[0]
+            torch.testing.assert_close(logits[row, num_pads:], alone, rtol=0, atol=1e-5)
+    labels = torch.randint(0, 5, input_ids.shape).masked_fill(attention_mask == 0, -100)
+    with torch.no_grad():
+        loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, expected)  # padding labelled -100 is ignored
+    assert model.dropout.p == 0.1  # Llama's default without config.classifier_dropout
+    model.train()
+    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.memory_banks.parameters())
+    assert model.model.layers[0].memory_block.router.gate.weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
+    assert type(loaded) is MemoryTransformerForTokenClassification
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, logits, rtol=0, atol=0)
+    assert "pipeline_tag: token-classification" in (tmp_path / "README.md").read_text()
+
+
 def test_memory_is_projected_once_per_generation():
     model = tiny_model()
     calls = []
@@ -353,15 +382,18 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
     torch.manual_seed(0)
     classifier = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
     classifier.save_pretrained(tmp_path / "classifier")
+    tagger = MemoryTransformerForTokenClassification(tiny_config(num_labels=4)).eval()
+    tagger.save_pretrained(tmp_path / "tagger")
     input_ids = torch.randint(1, 97, (2, 9))
-    torch.save({"input_ids": input_ids, "logits": model(input_ids).logits, "scores": classifier(input_ids).logits},
-               tmp_path / "expected.pt")
+    torch.save({"input_ids": input_ids, "logits": model(input_ids).logits, "scores": classifier(input_ids).logits,
+                "tags": tagger(input_ids).logits}, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["hf_memory"] = None
         import torch
-        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+        from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                                  AutoModelForTokenClassification)
         expected = torch.load({str(tmp_path / "expected.pt")!r})
         model = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
@@ -371,6 +403,9 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
         classifier = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "classifier")!r},
                                                                         trust_remote_code=True).eval()
         assert torch.equal(classifier(expected["input_ids"]).logits, expected["scores"])
+        tagger = AutoModelForTokenClassification.from_pretrained({str(tmp_path / "tagger")!r},
+                                                                 trust_remote_code=True).eval()
+        assert torch.equal(tagger(expected["input_ids"]).logits, expected["tags"])
         print("REMOTE_OK")
         """
     )
@@ -382,8 +417,8 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
 
 def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(tmp_path):
     """`pipeline("text-generation", trust_remote_code=True)` in a process without hf_memory; prompts of different
-    lengths batched with left padding give what each prompt gives alone. The classification head's card snippet
-    (`pipeline("text-classification", ...)`) works the same way."""
+    lengths batched with left padding give what each prompt gives alone. The classification heads' card snippets
+    (`pipeline("text-classification", ...)`, `pipeline("token-classification", ...)`) work the same way."""
     from hf_memory.tokenization import train_causal_lm_tokenizer
 
     texts = ["Once upon a time there was a little cat.", "The dog ran to the park and played all day."] * 20
@@ -400,6 +435,10 @@ def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(t
     tokenizer.save_pretrained(classifier_checkpoint)
     card = (classifier_checkpoint / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card and 'pipeline("text-classification"' in card
+    tagger_checkpoint = tmp_path / "tagger"
+    MemoryTransformerForTokenClassification(tiny_config(num_labels=3, **token_ids)).save_pretrained(tagger_checkpoint)
+    tokenizer.save_pretrained(tagger_checkpoint)
+    assert 'pipeline("token-classification"' in (tagger_checkpoint / "README.md").read_text()
     script = textwrap.dedent(
         f"""
         import sys
@@ -416,6 +455,9 @@ def test_text_generation_pipeline_from_remote_code_batches_left_padded_prompts(t
                             device=-1)
         labels = classify(prompts, batch_size=2)
         assert [label["label"] for label in labels] == [classify(prompt)[0]["label"] for prompt in prompts]
+        tag = pipeline("token-classification", model={str(tagger_checkpoint)!r}, trust_remote_code=True, device=-1)
+        tags = tag(prompts[0])
+        assert tags and all(entity["entity"].startswith("LABEL_") for entity in tags), tags
         print("PIPELINE_OK")
         """
     )

@@ -29,7 +29,11 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_layers import GenericForSequenceClassification, GradientCheckpointingLayer
+from transformers.modeling_layers import (
+    GenericForSequenceClassification,
+    GenericForTokenClassification,
+    GradientCheckpointingLayer,
+)
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
@@ -971,10 +975,28 @@ class MemoryTransformerForSequenceClassification(GenericForSequenceClassificatio
         self.post_init()
 
 
+class MemoryTransformerForTokenClassification(GenericForTokenClassification, MemoryTransformerPreTrainedModel):
+    """Llama's token-classification head (a label per token, from that token and the ones before it) on a
+    MemoryTransformer; like the sequence classifier, it builds its backbone directly (remote code) and adds no router
+    losses. Dropout before the head: `config.classifier_dropout`, 0.1 when unset, as in Llama's."""
+
+    card_pipeline_tag = "token-classification"
+
+    def __init__(self, config: MemoryTransformerConfig):
+        MemoryTransformerPreTrainedModel.__init__(self, config)
+        self.num_labels = config.num_labels
+        self.model = MemoryTransformerModel(config)
+        classifier_dropout = getattr(config, "classifier_dropout", None)
+        self.dropout = nn.Dropout(0.1 if classifier_dropout is None else classifier_dropout)
+        self.score = nn.Linear(config.hidden_size, self.num_labels)
+        self.post_init()
+
+
 MemoryTransformerConfig.register_for_auto_class()
 MemoryTransformerModel.register_for_auto_class("AutoModel")
 MemoryTransformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 MemoryTransformerForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+MemoryTransformerForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 __all__ = [
     "MemoryCache",
@@ -984,6 +1006,7 @@ __all__ = [
     "MemoryTransformerFactorizedMemoryBank",
     "MemoryTransformerForCausalLM",
     "MemoryTransformerForSequenceClassification",
+    "MemoryTransformerForTokenClassification",
     "MemoryTransformerMemoryBank",
     "MemoryTransformerMemoryBlock",
     "MemoryTransformerModel",
