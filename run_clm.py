@@ -29,13 +29,13 @@ from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     PreTrainedModel,
-    Trainer,
     TrainingArguments,
     default_data_collator,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from hf_memory.adapters.trainer import MemoryAdapterTrainer
 from hf_memory.model_cards import TrainerModelCardMixin
 from hf_memory.models.memory_transformer import (
     MemoryTransformerConfig,
@@ -161,8 +161,9 @@ def is_memory_parameter(name: str) -> bool:
     return any(marker in name for marker in MEMORY_PARAMETER_MARKERS)
 
 
-class MemoryLMTrainer(TrainerModelCardMixin, Trainer):
-    """Trainer with a separate learning rate for memory parameters and router statistics in the training logs."""
+class MemoryLMTrainer(TrainerModelCardMixin, MemoryAdapterTrainer):
+    """Trainer with a separate learning rate for memory parameters and router statistics in the training logs; a
+    memory adapter's checkpoints are adapter folders (`MemoryAdapterTrainer`)."""
 
     def __init__(self, *args, memory_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -194,16 +195,6 @@ class MemoryLMTrainer(TrainerModelCardMixin, Trainer):
         ]
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """A memory adapter saves only its adapter files (the frozen base model is not copied)."""
-        if getattr(self.model, "peft_config", None) is None or isinstance(self.model, PreTrainedModel):
-            return super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        self.model.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)

@@ -66,3 +66,12 @@ def _register_auto_classes():
 
 
 _register_auto_classes()
+
+
+def __getattr__(name: str):
+    """`MemoryAdapterTrainer` is imported on first use: importing transformers' Trainer costs half a second."""
+    if name == "MemoryAdapterTrainer":
+        from . import adapters
+
+        return adapters.MemoryAdapterTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -132,6 +132,8 @@ def test_router_loss_is_added_in_training_only():
     model.train()
     train_loss = model(ids, labels=ids).loss
     assert torch.allclose(train_loss, eval_loss + model.router_loss())
+    as_tuple = model(ids, labels=ids, return_dict=False)  # the tuple form keeps the router losses
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], train_loss)
 
 
 def test_save_and_reload_round_trip_is_exact(tmp_path):
@@ -178,6 +180,17 @@ def test_generate_with_cache_equals_generation_without_cache(architecture):
     with model.disable_adapter():
         base_tokens = model.generate(prompt, max_new_tokens=14, do_sample=False, pad_token_id=0)
     assert not torch.equal(cached, base_tokens)
+
+
+def test_static_cache_without_chapters_and_a_clear_error_with_them():
+    model = get_memory_model(tiny_model(), MemoryAdapterConfig(num_memory_tokens=32))
+    train_memory_outputs(model)
+    ids, kwargs = input_ids(batch=1, length=6), dict(max_new_tokens=8, do_sample=False)
+    expected = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), expected)
+    with pytest.raises(ValueError, match="drop cache_implementation"):
+        get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS)).generate(
+            ids, cache_implementation="static", **kwargs)
 
 
 def test_lora_composition_saves_once_and_reloads_identically(tmp_path):
@@ -237,6 +250,59 @@ def test_separate_learning_rates_through_the_trainer(tmp_path):
     changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
     assert any("memory_output" in name for name in changed) and any("lora_B" in name for name in changed)
     assert torch.equal(model.base_model.model.embed_tokens.weight, frozen_before)
+
+
+def test_memory_adapter_trainer_checkpoints_are_adapter_folders_and_resume(tmp_path):
+    """A stock Trainer saves a model that is not a PreTrainedModel as its whole state dict, which from_pretrained
+    refuses with the fix in the message; MemoryAdapterTrainer writes adapter folders and resumes from them."""
+    from safetensors.torch import load_file
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from hf_memory import MemoryAdapterTrainer
+
+    class Batches(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, index):
+            ids = input_ids(batch=1, length=12, seed=index)[0]
+            return {"input_ids": ids, "labels": ids}
+
+    def arguments(output_dir, **overrides):
+        settings = dict(max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True,
+                        save_steps=2, eval_strategy="steps", eval_steps=2)
+        return TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
+
+    stock = Trainer(model=get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS)),
+                    args=arguments(tmp_path / "stock", save_strategy="no", eval_strategy="no"))
+    stock.save_model()
+    with pytest.raises(ValueError, match="MemoryAdapterTrainer"):
+        MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path / "stock")
+    with pytest.raises(ValueError, match="no adapter_config.json"):
+        MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path)
+
+    model = get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS))
+    args = arguments(tmp_path / "run", load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer = MemoryAdapterTrainer(model=model, args=args, train_dataset=Batches(), eval_dataset=Batches())
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(checkpoint))
+    assert not (checkpoint / "model.safetensors").exists()
+    best = load_file(tmp_path / "run" / trainer.state.best_model_checkpoint.split("/")[-1] / "adapter_model.safetensors")
+    assert all(torch.equal(value, best[name]) for name, value in model.adapter_state_dict().items())
+    trainer.save_model()
+    reloaded = MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path / "run")
+    ids = input_ids()
+    torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)
+
+    resumed_model = get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS))
+    resumed = MemoryAdapterTrainer(model=resumed_model, args=arguments(tmp_path / "resumed"),
+                                   train_dataset=Batches(), eval_dataset=Batches())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))  # at max_steps: loads, trains no more
+    saved = load_file(tmp_path / "run" / "checkpoint-4" / "adapter_model.safetensors")
+    assert resumed.state.global_step == 4
+    assert all(torch.equal(value, saved[name]) for name, value in resumed_model.adapter_state_dict().items())
 
 
 def test_lora_learning_rate_is_required_when_lora_is_trained():
@@ -325,12 +391,17 @@ def test_config_round_trip_and_validation(tmp_path):
         (dict(target_layers=[1, 1]), "target_layers"),
         (dict(peft_type="LORA"), "peft_type"),
         (dict(memory_placement="inside"), "memory_placement"),
+        (dict(num_memory_tokens=16.5), "num_memory_tokens"),
+        (dict(memory_num_attention_heads=0), "memory_num_attention_heads"),
     ]
     for kwargs, field_name in bad:
         with pytest.raises(ValueError, match=field_name):
             MemoryAdapterConfig(**kwargs)
     with pytest.raises(ValueError, match="target_layers"):
         MemoryAdapterConfig(target_layers=[5]).resolve_target_layers(2)
+    written_by_peft = {**config.to_dict(), "peft_version": "0.21.2"}  # PEFT's bookkeeping key is ignored
+    (tmp_path / "adapter_config.json").write_text(json.dumps(written_by_peft))
+    assert MemoryAdapterConfig.from_pretrained(tmp_path) == config
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     with pytest.raises(ValueError, match="not a memory adapter"):
         MemoryAdapterConfig.from_pretrained(tmp_path)

@@ -296,3 +296,28 @@ def test_presets_and_defaults():
     default = GMMXLNetConfig(**TINY)
     assert (default.memory_num_tokens, default.routing_mode, default.load_balance_weight) == (16, "write-based", 0.01)
     assert default.model_type == "gmmxlnet" and default.vocab_size == TINY["vocab_size"] + 32
+
+
+@pytest.mark.parametrize("family", ["memxlnet", "gmmxlnet"])
+def test_stock_trainer_predictions_are_the_span_logits_only(tmp_path, family):
+    """`Trainer.predict` keeps only start/end logits (memory state, routing and losses are `keys_to_ignore_at_inference`),
+    so the usual `start_logits, end_logits = predictions` post-processing works as for XLNet's QA heads."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from hf_memory import MemXLNetConfig, MemXLNetForQuestionAnswering
+
+    model = make_model() if family == "gmmxlnet" else MemXLNetForQuestionAnswering(
+        MemXLNetConfig(**TINY, memory_num_tokens=3))
+    ids = segment(model.config, batch_size=4)
+
+    class Segments(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return {"input_ids": ids[index], "start_positions": torch.tensor(5), "end_positions": torch.tensor(6)}
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True)
+    predictions = Trainer(model=model, args=args).predict(Segments()).predictions
+    assert len(predictions) == 2 and all(logits.shape == tuple(ids.shape) for logits in predictions)

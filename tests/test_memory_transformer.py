@@ -68,10 +68,24 @@ def tiny_model(**overrides) -> MemoryTransformerForCausalLM:
         (dict(routing_chunk_size=0), "routing_chunk_size"),
         (dict(memory_bank_type="reduced_dim", memory_dim=16), "memory_rank"),
         (dict(tokens_per_chapter=8), "num_memory_tokens and num_chapters"),
+        (dict(num_attention_heads=0), "num_attention_heads"),
+        (dict(num_key_value_heads=0), "num_key_value_heads"),
+        (dict(memory_num_attention_heads=0), "memory_num_attention_heads"),
+        (dict(memory_dropout=1.5), "memory_dropout"),
+        (dict(memory_init_std=-1.0), "memory_init_std"),
+        (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef"),
     ],
 )
 def test_bad_config_raises_value_error_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
+        tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("overrides", [dict(num_memory_tokens=16.5), dict(num_hidden_layers="2")])
+def test_config_fields_are_type_checked_like_llamas(overrides):
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+
+    with pytest.raises(StrictDataclassFieldValidationError, match=next(iter(overrides))):
         tiny_config(**overrides)
 
 
@@ -198,6 +212,44 @@ def test_left_padded_rows_are_routed_and_generated_as_alone():
                   for a, b in ((0, 5), (5, 11), (11, 12), (12, 17), (17, 20))]
     real = mask.bool()
     torch.testing.assert_close(torch.cat(pieces, 1)[real], full[real], rtol=0, atol=1e-5)
+
+
+def test_llama_call_conventions_past_key_values_return_dict_and_logits_to_keep():
+    """What Llama accepts: the deprecated `past_key_values` name of `cache` (ignoring it silently gave wrong logits),
+    `return_dict=False` in the call or the config, and a boolean `(batch, seq_len)` `logits_to_keep`."""
+    model = tiny_model()
+    input_ids = torch.randint(1, 97, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = model(input_ids)
+        prefix = model(input_ids[:, :5], use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            step = model(input_ids[:, 5:6], past_key_values=prefix.cache)
+        torch.testing.assert_close(step.logits[:, -1], full.logits[:, 5], rtol=0, atol=1e-5)
+        expected = model(input_ids, labels=input_ids).to_tuple()  # loss, aux_loss, logits, cache (Mixtral's order)
+        as_tuple = model(input_ids, labels=input_ids, return_dict=False)
+        assert isinstance(as_tuple, tuple) and all(map(torch.equal, as_tuple[:3], expected[:3]))
+        model.config.return_dict = False
+        as_tuple = model(input_ids, labels=input_ids)
+        assert isinstance(as_tuple, tuple) and all(map(torch.equal, as_tuple[:3], expected[:3]))
+        model.config.return_dict = True
+        keep = torch.zeros(2, 9, dtype=torch.bool)
+        keep[0, -3:], keep[1, 2] = True, True
+        assert torch.equal(model(input_ids, logits_to_keep=keep).logits, full.logits[keep])
+
+
+def test_caches_other_than_memory_transformer_cache_work_without_chapters_only():
+    """Without chapters the memory needs no per-row state, so static and plain dynamic caches give the same greedy
+    tokens; with chapters the routing state must follow the cache, and another cache is refused with the fix."""
+    from transformers import DynamicCache
+
+    input_ids = torch.randint(1, 97, (2, 6), generator=torch.Generator().manual_seed(2))
+    kwargs = dict(max_new_tokens=8, do_sample=False)
+    model = tiny_model(use_chapters=False)
+    expected = model.generate(input_ids, use_cache=False, **kwargs)
+    assert torch.equal(model.generate(input_ids, cache_implementation="static", **kwargs), expected)
+    assert torch.equal(model.generate(input_ids, cache=DynamicCache(config=model.config), **kwargs), expected)
+    with pytest.raises(ValueError, match="StaticCache.*cache_implementation"):
+        tiny_model().generate(input_ids, cache_implementation="static", **kwargs)
 
 
 def test_generate_from_inputs_embeds_and_output_attentions():

@@ -39,6 +39,28 @@ def test_save_pretrained_writes_a_card_but_keeps_a_users_own(tmp_path):
     assert write_model_card(tmp_path / "b", model.config) is None
 
 
+def test_models_loaded_from_plain_llama_and_xlnet_checkpoints_save_with_our_card(tmp_path):
+    """A config read from a foreign checkpoint keeps its `model_type` ('llama', 'xlnet') as an attribute; the card
+    (and so `save_pretrained`) follows the model's own family."""
+    from transformers import LlamaConfig, LlamaForCausalLM, XLNetConfig, XLNetForQuestionAnsweringSimple
+
+    from hf_memory import MemoryTransformerForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4)).save_pretrained(tmp_path / "llama")
+    XLNetForQuestionAnsweringSimple(XLNetConfig(vocab_size=100, d_model=32, n_layer=1, n_head=4,
+                                                d_inner=64)).save_pretrained(tmp_path / "xlnet")
+    loaded = [
+        MemoryTransformerForCausalLM.from_pretrained(tmp_path / "llama", num_memory_tokens=16),
+        MemXLNetForQuestionAnswering.from_pretrained(tmp_path / "xlnet", memory_num_tokens=2),
+    ]
+    for model, task in zip(loaded, ("text-generation", "question-answering")):
+        out = tmp_path / f"saved_{model.config.model_type}"
+        model.save_pretrained(out)
+        assert front_matter((out / "README.md").read_text())["pipeline_tag"] == task
+        assert json.loads((out / "config.json").read_text())["model_type"] == type(model.config).model_type
+
+
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match="No model card template"):
         render_model_card(type("Cfg", (), {"model_type": "bert"})(), "x")

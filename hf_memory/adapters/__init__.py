@@ -4,9 +4,19 @@ from .config import MemoryAdapterConfig
 from .model import MemoryAdapterModel, create_memory_optimizer, find_decoder_layers, get_memory_model
 
 
+def __getattr__(name: str):
+    """`MemoryAdapterTrainer` is imported on first use: importing transformers' Trainer costs half a second."""
+    if name == "MemoryAdapterTrainer":
+        from .trainer import MemoryAdapterTrainer
+
+        return MemoryAdapterTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "MemoryAdapterConfig",
     "MemoryAdapterModel",
+    "MemoryAdapterTrainer",
     "create_memory_optimizer",
     "find_decoder_layers",
     "get_memory_model",

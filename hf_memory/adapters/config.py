@@ -18,6 +18,10 @@ SHARING_MODES = ("shared", "per_layer", "every_k_layers")
 PLACEMENTS = ("after_attention", "after_mlp")
 
 
+def is_positive_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 @dataclass
 class MemoryAdapterConfig(PushToHubMixin):
     """
@@ -116,9 +120,9 @@ class MemoryAdapterConfig(PushToHubMixin):
             "top_k_chapters",
             "routing_chunk_size",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer.")
-        if self.memory_num_attention_heads is not None and self.memory_num_attention_heads < 1:
+            if not is_positive_integer(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer.")
+        if self.memory_num_attention_heads is not None and not is_positive_integer(self.memory_num_attention_heads):
             raise ValueError(
                 f"memory_num_attention_heads={self.memory_num_attention_heads} must be positive, or None for the "
                 "base model's."
@@ -185,6 +189,18 @@ class MemoryAdapterConfig(PushToHubMixin):
         """Loads `adapter_config.json` from a local directory or a Hub repository (`kwargs` go to `hf_hub_download`)."""
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         config_file = os.path.join(directory, ADAPTER_CONFIG_NAME)
+        if os.path.isdir(directory) and not os.path.isfile(config_file):
+            written_by_trainer = os.path.isfile(os.path.join(directory, "model.safetensors"))
+            raise ValueError(
+                f"{directory} has no {ADAPTER_CONFIG_NAME}, so it is not a memory adapter folder"
+                + (
+                    " (its model.safetensors is the whole model's state dict, which a stock transformers Trainer "
+                    "writes for a model that is not a PreTrainedModel). Fix: train with hf_memory.MemoryAdapterTrainer, "
+                    "whose checkpoints and save_model() are adapter folders, or call model.save_pretrained(dir)."
+                    if written_by_trainer
+                    else ". Fix: pass the folder that model.save_pretrained(dir) wrote."
+                )
+            )
         if not os.path.isfile(config_file):
             config_file = hf_hub_download(
                 str(pretrained_model_name_or_path), ADAPTER_CONFIG_NAME, subfolder=subfolder, **kwargs
@@ -200,6 +216,7 @@ class MemoryAdapterConfig(PushToHubMixin):
                 f"{path_json_file} has peft_type={values.get('peft_type')!r}, not {MEMORY_ADAPTER_TYPE!r}: it is not a "
                 "memory adapter (load PEFT adapters with peft.PeftModel.from_pretrained)."
             )
+        values.pop("peft_version", None)  # PEFT's bookkeeping, which PEFT tools add to adapter configs
         known = {spec.name for spec in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -147,19 +147,30 @@ class MemoryAdapterModel(ModelCardMixin, nn.Module, PushToHubMixin):
                 raise
             return getattr(self.base_model, name)
 
-    def forward(self, *args, labels=None, **kwargs):
-        """`labels` is named so that the Trainer (which reads the class signature) computes eval losses."""
-        outputs = self.base_model(*args, labels=labels, **kwargs)
-        if self.training and getattr(outputs, "loss", None) is not None:
+    def forward(self, *args, labels=None, return_dict: Optional[bool] = None, **kwargs):
+        """`labels` is named so that the Trainer (which reads the class signature) computes eval losses. The router
+        losses join the training loss before a `return_dict=False` tuple is formed."""
+        outputs = self.base_model(*args, labels=labels, return_dict=True, **kwargs)
+        if self.training and outputs.get("loss") is not None:
             router_loss = self.router_loss()
             if router_loss is not None:
                 outputs.loss = outputs.loss + router_loss
-        return outputs
+        if return_dict is None:
+            return_dict = getattr(self.base_model.config, "return_dict", True)
+        return outputs if return_dict else outputs.to_tuple()
 
     def generate(self, *args, **kwargs):
         """`base_model.generate` with a cache that also holds the memory keys/values and routing state, projected once
-        per generation and reordered with the KV cache by beam search."""
-        if kwargs.get("cache") is None and kwargs.get("use_cache", True):
+        per generation and reordered with the KV cache by beam search. Without chapters there is no routing state,
+        so `cache_implementation` (static, quantized, ...) may pick another cache."""
+        if kwargs.get("cache_implementation") is not None:
+            if self.memory_config.use_chapters:
+                raise ValueError(
+                    f"cache_implementation={kwargs['cache_implementation']!r}: a memory adapter with chapters keeps its "
+                    "routing state in a MemoryTransformerCache, which follows beam reordering. Fix: drop "
+                    "cache_implementation (or use an adapter without chapters)."
+                )
+        elif kwargs.get("cache") is None and kwargs.get("use_cache", True):
             kwargs["cache"] = MemoryTransformerCache(config=self.base_model.config)
         return self.base_model.generate(*args, **kwargs)
 

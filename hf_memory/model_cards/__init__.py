@@ -23,7 +23,8 @@ def card_family(config) -> str | None:
     """Our model family a config belongs to, or None for models that get the generic card."""
     if getattr(config, "peft_type", None) == "MEMORY_ADAPTER":
         return "memory_adapter"
-    family = getattr(config, "model_type", None)
+    # the class's type: a config read from a Llama or XLNet checkpoint keeps that checkpoint's `model_type`
+    family = getattr(type(config), "model_type", None) or getattr(config, "model_type", None)
     return family if family in FAMILIES else None
 
 

@@ -3,6 +3,7 @@
 Remote code: this file is copied next to checkpoints by `save_pretrained`, so it imports nothing from `hf_memory`.
 """
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 MEMORY_BANK_TYPES = ("standard", "factorized", "reduced_dim")
@@ -15,6 +16,7 @@ def derived_field_error(field: str, value, fix: str) -> ValueError:
     return ValueError(f"{field}={value!r} cannot be set: it is derived from the other fields. Fix: set {fix} instead.")
 
 
+@strict
 class MemoryTransformerConfig(PreTrainedConfig):
     r"""
     Configuration of [`MemoryTransformerModel`] / [`MemoryTransformerForCausalLM`].
@@ -131,7 +133,7 @@ class MemoryTransformerConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None:
+        if self.head_dim is None and self.num_attention_heads > 0:  # else validate_architecture names the field
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.memory_num_attention_heads is None:
             self.memory_num_attention_heads = self.num_attention_heads
@@ -205,6 +207,8 @@ class MemoryTransformerConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Raise a ValueError naming the field for any inconsistent backbone or memory setting."""
+        self._check_at_least_one("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                 "num_attention_heads", "num_key_value_heads")
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads ({self.num_attention_heads})."
@@ -220,9 +224,15 @@ class MemoryTransformerConfig(PreTrainedConfig):
         self._check_choice("memory_layer_placement", MEMORY_LAYER_PLACEMENTS)
         self._check_choice("memory_sharing", MEMORY_SHARING_MODES)
         self._check_choice("memory_block_variant", MEMORY_BLOCK_VARIANTS)
-        for name in ("num_memory_tokens", "memory_rank", "memory_layer_k", "memory_layer_n", "memory_sharing_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self._check_at_least_one("num_memory_tokens", "memory_rank", "memory_layer_k", "memory_layer_n",
+                                 "memory_sharing_k", "memory_num_attention_heads", "memory_num_key_value_heads")
+        if not 0.0 <= self.memory_dropout < 1.0:
+            raise ValueError(f"memory_dropout must be in [0, 1), got {self.memory_dropout}.")
+        if not self.memory_init_std > 0:
+            raise ValueError(f"memory_init_std must be > 0, got {self.memory_init_std}.")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (a loss weight), got {getattr(self, name)}.")
         if self.memory_layer_placement == "custom":
             indices = self.memory_layer_indices
             if not indices:
@@ -265,6 +275,11 @@ class MemoryTransformerConfig(PreTrainedConfig):
             )
         if self.routing_chunk_size < 1:
             raise ValueError(f"routing_chunk_size must be >= 1, got {self.routing_chunk_size}.")
+
+    def _check_at_least_one(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:

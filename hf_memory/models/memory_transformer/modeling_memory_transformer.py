@@ -35,8 +35,10 @@ from transformers.modeling_layers import (
     GradientCheckpointingLayer,
 )
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_memory_transformer import MemoryTransformerConfig
@@ -803,6 +805,7 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @capture_outputs
     def forward(
         self,
@@ -826,13 +829,15 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
             cache = MemoryTransformerCache(config=self.config)
-        if len(self.memory_banks) and cache is not None:
-            if not isinstance(cache, MemoryTransformerCache):
-                raise ValueError(
-                    f"cache is a {type(cache).__name__}, but memory layers must keep their routing "
-                    "state and projected memory next to the KV cache. Fix: pass MemoryTransformerCache(config=config) "
-                    "or let the model create one (use_cache=True, and no cache_implementation in generate())."
-                )
+        # chapter routing keeps a per-row state that must follow the cache (beam reordering); a memory without
+        # chapters reads the same projected bank at every step, so any Cache (static, quantized, ...) works
+        routes_chapters = self.config.use_chapters and len(self.memory_banks) > 0
+        if routes_chapters and cache is not None and not isinstance(cache, MemoryTransformerCache):
+            raise ValueError(
+                f"cache is a {type(cache).__name__}, but memory layers with chapters must keep their routing "
+                "state next to the KV cache. Fix: pass MemoryTransformerCache(config=config) or let the model "
+                "create one (use_cache=True, and no cache_implementation in generate())."
+            )
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
@@ -844,8 +849,8 @@ class MemoryTransformerModel(MemoryTransformerPreTrainedModel):
             cache=cache,
             position_ids=position_ids,
         )
-        routes = self.config.use_chapters and len(self.memory_banks) > 0  # only chapter routing reads padding
-        token_mask = padding_mask(attention_mask, inputs_embeds.shape[1]) if routes else None
+        # only chapter routing reads padding
+        token_mask = padding_mask(attention_mask, inputs_embeds.shape[1]) if routes_chapters else None
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -896,6 +901,8 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
         config.auto_map = auto_map
         self.post_init()
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -919,11 +926,10 @@ class MemoryTransformerForCausalLM(MemoryTransformerPreTrainedModel, GenerationM
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
+            return_dict=True,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

@@ -73,6 +73,8 @@ class MemXLNetConfig(XLNetConfig):
     ```"""
 
     model_type = "memxlnet"
+    # `Trainer.predict` / `evaluate` keep the span logits only, as for XLNet's QA heads
+    keys_to_ignore_at_inference = ["mems", "memory_state"]
 
     memory_num_tokens: int = 0
     memory_init: str = "learned"
@@ -181,6 +183,9 @@ class GMMXLNetConfig(MemXLNetConfig):
     ```"""
 
     model_type = "gmmxlnet"
+    keys_to_ignore_at_inference = MemXLNetConfig.keys_to_ignore_at_inference + [
+        "routing_probs", "read_routing_probs", "load_balance_loss", "entropy_loss", "aux_loss",
+    ]
 
     memory_num_tokens: int = 16
     num_memory_experts: int = 4
