@@ -777,6 +777,7 @@ class MemoryTransformerPreTrainedModel(ModelCardMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MemoryTransformerDecoderLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True
     _supports_attention_backend = True
     _can_record_outputs = {"attentions": LlamaAttention}
 
