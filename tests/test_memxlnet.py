@@ -238,3 +238,13 @@ def test_tokenizer_without_memory_tokens_is_rejected(xlnet_tokenizer_dir):
     model = MemXLNetForQuestionAnswering(MemXLNetConfig(**{**TINY, "vocab_size": len(tokenizer) - 10}))
     with pytest.raises(ValueError, match="tokenizer has .* tokens but the model only"):
         model.enable_memory(2, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("xlnet_input", [dict(use_mems=True), dict(mems=[torch.zeros(4, 2, 32)]),
+                                         dict(input_mask=torch.ones(2, 24))])
+def test_xlnet_inputs_that_memxlnet_does_not_use_are_refused_not_ignored(xlnet_input):
+    model = make_model()
+    with pytest.raises(ValueError, match="memory_state"):
+        model(input_ids=segment(model.config), **xlnet_input)
+    with pytest.raises(ValueError, match=next(iter(xlnet_input))):
+        MemXLNetModel(model.config)(input_ids=segment(model.config), **xlnet_input)

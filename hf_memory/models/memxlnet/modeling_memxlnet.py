@@ -226,6 +226,23 @@ class MemXLNetLayer(GradientCheckpointingLayer, XLNetLayer):
 MEMORY_IMPLEMENTATIONS = {"token": MemXLNetTokenMemory, "differentiable": MemXLNetDifferentiableMemory}
 
 
+# XLNet inputs that MemXLNet does not use: its memory replaces `mems`, and it reads segments left to right.
+UNSUPPORTED_XLNET_INPUTS = ("mems", "perm_mask", "target_mapping", "input_mask", "head_mask")
+
+
+def reject_unsupported_xlnet_inputs(kwargs: dict) -> None:
+    """XLNet arguments that would otherwise vanish into `**kwargs` unnoticed."""
+    given = [name for name in UNSUPPORTED_XLNET_INPUTS if kwargs.get(name) is not None]
+    if kwargs.get("use_mems"):
+        given.append("use_mems")
+    if given:
+        raise ValueError(
+            f"MemXLNet does not take {given}: XLNet's mems are detached, so the memory travels through "
+            "memory_state instead. Fix: pass the previous segment's outputs.memory_state as memory_state= (and "
+            "attention_mask instead of input_mask)."
+        )
+
+
 class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
     """Holds the memory logic shared by the encoder and the task heads: read, run XLNet, write."""
 
@@ -428,6 +445,7 @@ class MemXLNetModel(MemXLNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> MemXLNetModelOutput | tuple:
+        reject_unsupported_xlnet_inputs(kwargs)
         outputs, new_state = self._encode(
             input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
             output_attentions, output_hidden_states,
@@ -494,6 +512,7 @@ class MemXLNetForQuestionAnswering(MemXLNetPreTrainedModel):
         start_positions, end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Labels of the answer span in this segment (the `<cls>` index when the answer is not inside it).
         """
+        reject_unsupported_xlnet_inputs(kwargs)
         outputs, new_state, memory_outputs = self._encode(
             input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
             output_attentions, output_hidden_states, return_memory_outputs=True,
