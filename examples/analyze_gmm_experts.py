@@ -1,8 +1,8 @@
 """Interpretability analysis of a GMMXLNet checkpoint: routing, utilisation, entropy, diversity, consistency.
 
-    python examples/analyze_gmm_experts.py --model-path outputs/gmm-xlnet-squad/final \
+    python examples/analyze_gmm_experts.py --model-path outputs/gmm-xlnet-demo/final \
         --data-path validation --output-dir expert_analysis --max-segments 500
-    python examples/analyze_gmm_experts.py --model-path outputs/gmm-xlnet-squad/final --max-segments 100 --quick
+    python examples/analyze_gmm_experts.py --model-path outputs/gmm-xlnet-demo/final --max-segments 100 --quick
 
 `--data-path` is a SQuAD-format JSON file; `validation` means the local SQuAD v2 dev file. Writes
 `<output-dir>/analysis_report.json` and, unless `--quick`, the plots routing_heatmap.png, expert_utilization.png,

@@ -1,6 +1,6 @@
 """How a memory model uses its memory over a long document: attention on the READ tokens and memory slot updates.
 
-    python examples/analyze_memory_attention.py --model-path outputs/memxlnet-model --output-dir attention_analysis
+    python examples/analyze_memory_attention.py --model-path outputs/memxlnet-differentiable/final --output-dir attention_analysis
     python examples/analyze_memory_attention.py --output-dir attention_analysis      # tiny untrained model
 
 The document (default: the first question of the long Natural Questions documents, tens of 384-token segments) is
@@ -178,7 +178,7 @@ def main(argv=None):
         "slot_update_per_segment": trace["slot_updates"].mean(1).tolist(),
     }
     (output_dir / "memory_analysis.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{report['segments']} segments, {m} memory slots ({report['model_type']}, {report['memory_impl']})")
+    print(f"{report['segments']} segments, {m} READ tokens ({report['model_type']}, {report['memory_impl']})")
     uniform = m / max(trace["real_tokens"])
     print(f"attention share on READ tokens: mean {mean_share.mean():.4f} (uniform {uniform:.4f}); "
           f"busiest slot {int(read_attention.mean((0, 1, 2)).argmax())}")

@@ -1,8 +1,8 @@
 """Evaluate a trained GMMXLNet checkpoint (EM/F1 with run_qa.py) and, optionally, its routing behaviour.
 
-    python examples/evaluate_gmm_model.py --model-path outputs/gmm-xlnet-squad/final
+    python examples/evaluate_gmm_model.py --model-path outputs/gmm-xlnet-demo/final
     python examples/evaluate_gmm_model.py --model-id username/gmm-xlnet-squad --from-hub
-    python examples/evaluate_gmm_model.py --model-path outputs/gmm-xlnet-squad/final --analyze-routing \
+    python examples/evaluate_gmm_model.py --model-path outputs/gmm-xlnet-demo/final --analyze-routing \
         --output-dir evaluation_results
 
 Writes `<output-dir>/evaluation_results.json` (QA metrics, plus routing statistics with `--analyze-routing`).
@@ -42,6 +42,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.model_id and not args.from_hub:
         parser.error("--model-id loads from the Hugging Face Hub: add --from-hub (or use --model-path).")
+    if args.model_path and not Path(args.model_path).is_dir():
+        parser.error(f"--model-path {args.model_path} is not a folder; train one first "
+                     "(python examples/train_with_gmm_memory.py writes outputs/gmm-xlnet-demo/final).")
     return args
 
 

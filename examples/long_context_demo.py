@@ -12,6 +12,8 @@ segments, more steps) is `python bench/bench_babilong.py`.
 
     python examples/long_context_demo.py                    # data from ../shared/data or $HF_MEMORY_DATA
     python examples/long_context_demo.py --device cuda --memory_steps 1000
+    python examples/long_context_demo.py --warm_start_steps 40 --memory_steps 10 --eval_examples 10 \
+        --warm_start_max_extensions 0                        # a 2-minute smoke run (the numbers mean nothing)
 """
 
 import argparse
@@ -31,6 +33,11 @@ def main(argv=None):
     parser.add_argument("--warm_start_steps", type=int, default=6000)
     parser.add_argument("--memory_steps", type=int, default=400)
     parser.add_argument("--eval_examples", type=int, default=100)
+    parser.add_argument("--warm_start_target_em", type=float, default=95.0,
+                        help="development EM the warm start must reach before memory is added")
+    parser.add_argument("--warm_start_max_extensions", type=int, default=4,
+                        help="1,000-step extensions of the warm start until it reaches the target (0 = none: a "
+                        "quick smoke run with a few steps)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     config = BabilongExperimentConfig(
@@ -39,6 +46,8 @@ def main(argv=None):
         variants=["no_memory", "memxlnet_token_gated"],
         eval_lengths=[1, 2, 4, 8],
         warm_start_steps=[args.warm_start_steps],
+        warm_start_target_em=args.warm_start_target_em,
+        warm_start_max_extensions=args.warm_start_max_extensions,
         memory_steps=args.memory_steps,
         eval_examples=args.eval_examples,
         device=args.device,

@@ -61,7 +61,7 @@ def run_qa_arguments(args) -> list[str]:
         "--routing_mode", args.routing_mode, "--pooling_method", args.pooling_method,
         "--load_balance_weight", str(args.load_balance_weight),
         "--entropy_regularization_weight", str(args.entropy_weight),
-        "--train_file", args.train_file, "--validation_file", args.eval_file,
+        "--train_file", args.train_file, "--validation_file", args.eval_file, "--version_2_with_negative",
         "--max_train_samples", str(args.max_train_samples), "--max_eval_samples", str(args.max_eval_samples),
         "--max_seq_length", str(args.max_seq_length), "--doc_stride", str(args.doc_stride),
         "--max_query_length", "32", "--max_n_segs", str(args.max_segments),

@@ -1,7 +1,7 @@
 """Check that a SQuAD file's answers survive segmentation: every answer's token labels map back to its exact characters.
 
     python examples/validate_answer_spans.py --dataset squad_v2 --split validation
-    python examples/validate_answer_spans.py --dataset path/to/train.json --model-path outputs/memxlnet-model
+    python examples/validate_answer_spans.py --dataset path/to/train.json --model-path outputs/memxlnet-differentiable/final
 
 Runs the same cleaning (`hf_memory.data.load_raw_datasets`) and segmentation (`preprocess_qa_dataset`, memory tokens
 included) as `run_qa.py`, then, per question, reads back the characters of the labelled token span through the

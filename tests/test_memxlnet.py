@@ -229,7 +229,7 @@ def test_bad_forward_inputs_name_the_fix():
     with pytest.raises(ValueError, match=r"memory_state has shape \(2, 5, 32\), expected \(2, 3, 32\)"):
         model(input_ids=ids, memory_state=torch.zeros(2, 5, 32))
     plain = torch.randint(10, 100, (2, 12))
-    with pytest.raises(ValueError, match="no \\[MEM_READ_i\\] tokens.*add_memory_tokens"):
+    with pytest.raises(ValueError, match="none of the \\[MEM_READ_i\\] token ids.*add_memory_tokens"):
         model(input_ids=plain)
 
 

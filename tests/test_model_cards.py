@@ -55,6 +55,7 @@ def test_models_loaded_from_plain_llama_and_xlnet_checkpoints_save_with_our_card
         MemXLNetForQuestionAnswering.from_pretrained(tmp_path / "xlnet", memory_num_tokens=2),
     ]
     for model, task in zip(loaded, ("text-generation", "question-answering")):
+        assert model.config.model_type == type(model.config).model_type  # read as ours, without a type warning
         out = tmp_path / f"saved_{model.config.model_type}"
         model.save_pretrained(out)
         assert front_matter((out / "README.md").read_text())["pipeline_tag"] == task

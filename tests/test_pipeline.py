@@ -103,6 +103,17 @@ def test_checkpoint_declares_and_ships_the_pipeline(memory_checkpoint):
         assert (memory_checkpoint / name).is_file(), name
 
 
+def test_default_segment_length_ignores_xlnets_unbounded_positions(memory_pipe, squad_examples):
+    """XLNet's config has max_position_embeddings = -1 (relative positions); the default segment is then 384 tokens,
+    bounded only by the tokenizer, as the v4 pipeline's default."""
+    example = squad_examples[0]
+    assert memory_pipe.model.config.max_position_embeddings == -1
+    expected = min(memory_pipe.tokenizer.model_max_length, 384)
+    question, context = example["question"], example["context"] * 4
+    answer = memory_pipe(question=question, context=context, top_k=2)
+    assert answer == memory_pipe(question=question, context=context, top_k=2, max_seq_len=expected)
+
+
 def test_v4_calling_conventions_agree(memory_pipe, squad_examples):
     first, second = squad_examples[0], squad_examples[1]
     options = {**SEGMENTING, "handle_impossible_answer": True}

@@ -172,7 +172,10 @@ def build_babilong(
     if augment_entities:
         questions = [rename_entities(item, rng) for item in questions]
     filler = read_filler_sentences(filler_file)
-    count = lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]  # noqa: E731
+
+    def count(texts):  # verbose=False: long filler sentences are counted, never fed to a model whole
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+
     filler_lengths = count(filler)
     longest_question = max(count(sorted({q.question for q in questions})))
     budget = context_token_budget(max_seq_length, longest_question, memory_num_tokens)

@@ -80,6 +80,8 @@ class MemoryTransformerConfig(PreTrainedConfig):
     """
 
     model_type = "memory_transformer"
+    # checkpoints this config is meant to start from (memory added to a pretrained Llama)
+    upgradable_model_types = ("llama",)
     keys_to_ignore_at_inference = ["cache", "aux_loss", "router_logits"]
 
     vocab_size: int = 32000
@@ -141,6 +143,15 @@ class MemoryTransformerConfig(PreTrainedConfig):
             self.memory_num_key_value_heads = min(self.num_key_value_heads, self.memory_num_attention_heads)
         super().__post_init__(**kwargs)
         self.validate_architecture()
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """A Llama checkpoint is read as a MemoryTransformer one: no "model of type `llama` to instantiate a model of
+        type `memory_transformer`" warning, and `config.model_type` names what the model now is."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") in cls.upgradable_model_types:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     @property
     def memory_dim(self) -> int:

@@ -75,6 +75,8 @@ class MemXLNetConfig(XLNetConfig):
     model_type = "memxlnet"
     # `Trainer.predict` / `evaluate` keep the span logits only, as for XLNet's QA heads
     keys_to_ignore_at_inference = ["mems", "memory_state"]
+    # checkpoints this config is meant to start from (memory is added to a trained model)
+    upgradable_model_types = ("xlnet",)
 
     memory_num_tokens: int = 0
     memory_init: str = "learned"
@@ -102,6 +104,15 @@ class MemXLNetConfig(XLNetConfig):
             "question-answering": copy.deepcopy(QUESTION_ANSWERING_PIPELINE),
             **(getattr(self, "custom_pipelines", None) or {}),
         }
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """A checkpoint of `upgradable_model_types` is read as this type: no "model of type `xlnet` to instantiate a
+        model of type `memxlnet`" warning, and `config.model_type` names what the model now is."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") in cls.upgradable_model_types:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     def _validate_memory_fields(self):
         if self.memory_num_tokens < 0:
@@ -183,6 +194,7 @@ class GMMXLNetConfig(MemXLNetConfig):
     ```"""
 
     model_type = "gmmxlnet"
+    upgradable_model_types = ("xlnet", "memxlnet")
     keys_to_ignore_at_inference = MemXLNetConfig.keys_to_ignore_at_inference + [
         "routing_probs", "read_routing_probs", "load_balance_loss", "entropy_loss", "aux_loss",
     ]

@@ -396,9 +396,13 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         read_positions = read_one_hot.any(-1, keepdim=True)
         if not bool(read_positions.any()):
             raise ValueError(
-                "input_ids contain no [MEM_READ_i] tokens although memory_num_tokens="
-                f"{self.config.memory_num_tokens}. Fix: build inputs with hf_memory's segmenter (memory tokens in "
-                "every segment) from a tokenizer prepared with hf_memory.add_memory_tokens."
+                "input_ids contain none of the [MEM_READ_i] token ids of config.mem_read_token_ids="
+                f"{self.config.mem_read_token_ids} although memory_num_tokens={self.config.memory_num_tokens}. Fix: "
+                "build inputs with hf_memory's segmenter (memory tokens in every segment) from a tokenizer prepared "
+                "with hf_memory.add_memory_tokens, and build the config with that tokenizer's ids "
+                "(read_ids, write_ids = hf_memory.get_memory_token_ids(tokenizer, memory_num_tokens); "
+                "MemXLNetConfig(..., mem_read_token_ids=read_ids, mem_write_token_ids=write_ids)): the config's default "
+                "ids follow its vocab_size and need not match the tokenizer's."
             )
         if inputs_embeds is None:
             inputs_embeds = self.transformer.word_embedding(input_ids)

@@ -291,8 +291,9 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         """
         example = _as_example(example)
         if max_seq_len is None:
-            positions = getattr(self.model.config, "max_position_embeddings", None) or 384
-            max_seq_len = min(self.tokenizer.model_max_length, positions, 384)
+            # XLNet has relative positions (max_position_embeddings = -1): only positive limits bound the segment
+            limits = (self.tokenizer.model_max_length, getattr(self.model.config, "max_position_embeddings", None))
+            max_seq_len = min([384, *(limit for limit in limits if isinstance(limit, int) and limit > 0)])
         question = example["question"].lstrip()
         question_ids = self.tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
         question_len = min(len(question_ids["input_ids"]), max_question_len)
