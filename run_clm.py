@@ -44,6 +44,7 @@ from hf_memory.models.memory_transformer import (
     memory_router_statistics,
 )
 from hf_memory.tokenization import train_causal_lm_tokenizer
+from hf_memory.training.arguments import skip_pin_memory_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +395,7 @@ def compute_metrics(eval_preds):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, training_args, memory_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    skip_pin_memory_on_cpu(training_args)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
         datefmt="%m/%d/%Y %H:%M:%S",

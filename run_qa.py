@@ -43,7 +43,7 @@ from hf_memory.training import (
     MemoryTrainer,
     ProgressiveSegmentsCallback,
 )
-from hf_memory.training.arguments import GMM_OPTIONS
+from hf_memory.training.arguments import GMM_OPTIONS, skip_pin_memory_on_cpu
 from hf_memory.training.gmm_callbacks import RoutingStatisticsCallback
 
 logger = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ def select(dataset, limit):
 
 def main(argv: list[str] | None = None):
     model_args, data_args, memory_args, training_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    skip_pin_memory_on_cpu(training_args)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
         handlers=[logging.StreamHandler(sys.stdout)],

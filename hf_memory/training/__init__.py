@@ -1,6 +1,6 @@
 """Training of memory models: MemoryTrainer, epoch-wise schedules, argument dataclasses."""
 
-from .arguments import MemoryArguments
+from .arguments import MemoryArguments, skip_pin_memory_on_cpu
 from .callbacks import (
     FreezeBaseWarmupCallback,
     GlobalSoftmaxWarmupCallback,
@@ -18,4 +18,5 @@ __all__ = [
     "SamplerEpochCallback",
     "global_softmax_loss",
     "per_segment_loss",
+    "skip_pin_memory_on_cpu",
 ]

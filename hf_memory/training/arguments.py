@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+import torch
+
 MODEL_TYPES = ("memxlnet", "gmmxlnet", "xlnet")
 GMM_OPTIONS = (
     "num_memory_experts",
@@ -95,3 +97,10 @@ def parse_schedule(text: str | None) -> list[int] | None:
     if not schedule or min(schedule) < 1:
         raise ValueError(f"progressive_segments={text!r} must list segment counts >= 1.")
     return schedule
+
+
+def skip_pin_memory_on_cpu(training_args) -> None:
+    """Pinned host memory only speeds up copies to a CUDA device; on a CPU-only run the Trainer's default
+    `dataloader_pin_memory=True` makes every DataLoader warn that no accelerator was found."""
+    if training_args.dataloader_pin_memory and (training_args.use_cpu or not torch.cuda.is_available()):
+        training_args.dataloader_pin_memory = False
