@@ -47,6 +47,20 @@ def input_ids(batch: int = 2, length: int = 11, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+class LanguageModelingRows(torch.utils.data.Dataset):
+    """`size` random token rows, each its own labels, for Trainer runs."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        ids = input_ids(batch=1, length=12, seed=index)[0]
+        return {"input_ids": ids, "labels": ids}
+
+
 def train_memory_outputs(model: MemoryAdapterModel, std: float = 0.3) -> None:
     """Give every memory output projection non-zero weights, as training would."""
     torch.manual_seed(3)
@@ -219,18 +233,9 @@ def test_lora_composition_saves_once_and_reloads_identically(tmp_path):
 
 def test_separate_learning_rates_through_the_trainer(tmp_path):
     from peft import LoraConfig
-    from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
 
     from hf_memory.adapters import create_memory_optimizer
-
-    class RepeatedBatch(Dataset):
-        def __len__(self):
-            return 8
-
-        def __getitem__(self, index):
-            ids = input_ids(batch=1, length=12, seed=index)[0]
-            return {"input_ids": ids, "labels": ids}
 
     model = get_memory_model(
         tiny_model(), MemoryAdapterConfig(**CHAPTERS), lora_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
@@ -244,7 +249,7 @@ def test_separate_learning_rates_through_the_trainer(tmp_path):
     assert rates == {"memory_bank": 3e-2, "memory": 3e-2, "lora": 1e-3}
     before = {name: p.detach().clone() for name, p in model.base_model.named_parameters() if p.requires_grad}
     frozen_before = model.base_model.model.embed_tokens.weight.detach().clone()
-    Trainer(model=model, args=args, train_dataset=RepeatedBatch(), optimizers=(optimizer, None)).train()
+    Trainer(model=model, args=args, train_dataset=LanguageModelingRows(8), optimizers=(optimizer, None)).train()
     after = dict(model.base_model.named_parameters())
     assert {group["name"]: group["lr"] for group in optimizer.param_groups} == rates
     changed = {name for name, value in before.items() if not torch.equal(value, after[name])}
@@ -256,18 +261,9 @@ def test_memory_adapter_trainer_checkpoints_are_adapter_folders_and_resume(tmp_p
     """A stock Trainer saves a model that is not a PreTrainedModel as its whole state dict, which from_pretrained
     refuses with the fix in the message; MemoryAdapterTrainer writes adapter folders and resumes from them."""
     from safetensors.torch import load_file
-    from torch.utils.data import Dataset
     from transformers import Trainer, TrainingArguments
 
     from hf_memory import MemoryAdapterTrainer
-
-    class Batches(Dataset):
-        def __len__(self):
-            return 16
-
-        def __getitem__(self, index):
-            ids = input_ids(batch=1, length=12, seed=index)[0]
-            return {"input_ids": ids, "labels": ids}
 
     def arguments(output_dir, **overrides):
         settings = dict(max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True,
@@ -284,7 +280,8 @@ def test_memory_adapter_trainer_checkpoints_are_adapter_folders_and_resume(tmp_p
 
     model = get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS))
     args = arguments(tmp_path / "run", load_best_model_at_end=True, metric_for_best_model="loss")
-    trainer = MemoryAdapterTrainer(model=model, args=args, train_dataset=Batches(), eval_dataset=Batches())
+    rows = LanguageModelingRows(16)
+    trainer = MemoryAdapterTrainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-2"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(checkpoint))
@@ -298,7 +295,7 @@ def test_memory_adapter_trainer_checkpoints_are_adapter_folders_and_resume(tmp_p
 
     resumed_model = get_memory_model(tiny_model(), MemoryAdapterConfig(**CHAPTERS))
     resumed = MemoryAdapterTrainer(model=resumed_model, args=arguments(tmp_path / "resumed"),
-                                   train_dataset=Batches(), eval_dataset=Batches())
+                                   train_dataset=rows, eval_dataset=rows)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))  # at max_steps: loads, trains no more
     saved = load_file(tmp_path / "run" / "checkpoint-4" / "adapter_model.safetensors")
     assert resumed.state.global_step == 4

@@ -287,53 +287,51 @@ def test_generate_from_inputs_embeds_and_output_attentions():
     assert outputs.attentions[0][1, :, 2:, :2].abs().max() == 0  # no real token attends to padding
 
 
+def assert_head_trains_memory_and_round_trips(model, auto_class, batch, labels, logits, tmp_path):
+    """A task head: its loss trains the banks and the router, and the Auto class reloads it exactly."""
+    input_ids, attention_mask = batch
+    model.train()
+    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.memory_banks.parameters())
+    assert model.model.layers[0].memory_block.router.gate.weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    loaded = auto_class.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, logits, rtol=0, atol=0)
+    assert f"pipeline_tag: {model.card_pipeline_tag}" in (tmp_path / "README.md").read_text()
+
+
 def test_sequence_classification_head_pools_the_last_real_token_and_trains_the_memory(tmp_path):
     torch.manual_seed(0)
     model = MemoryTransformerForSequenceClassification(tiny_config(num_labels=3)).eval()
     pads = [0, 3, 6]
-    input_ids, attention_mask = left_padded_batch(pads, 11, 97)
+    batch = left_padded_batch(pads, 11, 97)
     with torch.no_grad():
-        scores = model(input_ids, attention_mask=attention_mask).logits
-        alone = torch.cat([model(input_ids[row : row + 1, num_pads:]).logits for row, num_pads in enumerate(pads)])
+        scores = model(batch[0], attention_mask=batch[1]).logits
+        alone = torch.cat([model(batch[0][row : row + 1, num_pads:]).logits for row, num_pads in enumerate(pads)])
     assert scores.shape == (3, 3)
     torch.testing.assert_close(scores, alone, rtol=0, atol=1e-5)
-    model.train()
-    model(input_ids, attention_mask=attention_mask, labels=torch.tensor([0, 2, 1])).loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.memory_banks.parameters())
-    assert model.model.layers[0].memory_block.router.gate.weight.grad.abs().sum() > 0
-    model.save_pretrained(tmp_path)
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert type(loaded) is MemoryTransformerForSequenceClassification
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, scores, rtol=0, atol=0)
+    assert_head_trains_memory_and_round_trips(model, AutoModelForSequenceClassification, batch, torch.tensor([0, 2, 1]),
+                                              scores, tmp_path)
 
 
 def test_token_classification_head_labels_each_real_token_as_alone_and_trains_the_memory(tmp_path):
     torch.manual_seed(0)
     model = MemoryTransformerForTokenClassification(tiny_config(num_labels=5)).eval()
     pads = [0, 3, 6]
-    input_ids, attention_mask = left_padded_batch(pads, 11, 97)
+    input_ids, attention_mask = batch = left_padded_batch(pads, 11, 97)
     with torch.no_grad():
         logits = model(input_ids, attention_mask=attention_mask).logits
         for row, num_pads in enumerate(pads):
             alone = model(input_ids[row : row + 1, num_pads:]).logits[0]
             torch.testing.assert_close(logits[row, num_pads:], alone, rtol=0, atol=1e-5)
-    labels = torch.randint(0, 5, input_ids.shape).masked_fill(attention_mask == 0, -100)
-    with torch.no_grad():
+        labels = torch.randint(0, 5, input_ids.shape).masked_fill(attention_mask == 0, -100)
         loss = model(input_ids, attention_mask=attention_mask, labels=labels).loss
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     torch.testing.assert_close(loss, expected)  # padding labelled -100 is ignored
     assert model.dropout.p == 0.1  # Llama's default without config.classifier_dropout
-    model.train()
-    model(input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.memory_banks.parameters())
-    assert model.model.layers[0].memory_block.router.gate.weight.grad.abs().sum() > 0
-    model.eval().save_pretrained(tmp_path)
-    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
-    assert type(loaded) is MemoryTransformerForTokenClassification
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids, attention_mask=attention_mask).logits, logits, rtol=0, atol=0)
-    assert "pipeline_tag: token-classification" in (tmp_path / "README.md").read_text()
+    assert_head_trains_memory_and_round_trips(model, AutoModelForTokenClassification, batch, labels, logits, tmp_path)
 
 
 def test_memory_is_projected_once_per_generation():
