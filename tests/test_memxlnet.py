@@ -248,3 +248,15 @@ def test_xlnet_inputs_that_memxlnet_does_not_use_are_refused_not_ignored(xlnet_i
         model(input_ids=segment(model.config), **xlnet_input)
     with pytest.raises(ValueError, match=next(iter(xlnet_input))):
         MemXLNetModel(model.config)(input_ids=segment(model.config), **xlnet_input)
+
+
+def test_from_pretrained_in_bfloat16_equals_casting_after_loading(tmp_path):
+    """XLNet's attention parameters are built as torch.FloatTensor and stayed float32 under `dtype=torch.bfloat16`
+    (then the first einsum failed); loaded in bf16 they now equal the float32 model cast with `.to`."""
+    make_model().save_pretrained(tmp_path)
+    loaded = MemXLNetForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert {parameter.dtype for parameter in loaded.parameters()} == {torch.bfloat16}
+    cast = MemXLNetForQuestionAnswering.from_pretrained(tmp_path).to(torch.bfloat16).eval()
+    ids = segment(loaded.config)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).start_logits, cast(input_ids=ids).start_logits)

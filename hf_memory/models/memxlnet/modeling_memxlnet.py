@@ -259,6 +259,9 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
     def __init__(self, config: MemXLNetConfig):
         super().__init__(config)
         self.transformer = XLNetModel(config)
+        # XLNet builds its attention parameters as torch.FloatTensor, which ignores the default dtype that
+        # `from_pretrained(..., dtype=torch.bfloat16)` sets while the model is built: give them that dtype
+        self.transformer.to(torch.get_default_dtype())
         for layer in self.transformer.layer:
             layer.__class__ = MemXLNetLayer
         self.memory = self._build_memory() if config.memory_num_tokens else None
