@@ -40,24 +40,32 @@ def test_save_pretrained_writes_a_card_but_keeps_a_users_own(tmp_path):
 
 
 def test_models_loaded_from_plain_llama_and_xlnet_checkpoints_save_with_our_card(tmp_path):
-    """A config read from a foreign checkpoint keeps its `model_type` ('llama', 'xlnet') as an attribute; the card
-    (and so `save_pretrained`) follows the model's own family."""
-    from transformers import LlamaConfig, LlamaForCausalLM, XLNetConfig, XLNetForQuestionAnsweringSimple
+    """Llama and XLNet checkpoints, which memory is added to, are read as our own type; a config read from another
+    checkpoint (here Mistral's) keeps that `model_type` as an attribute. Either way the card (and so
+    `save_pretrained`) follows the model's own family."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, XLNetConfig,
+                              XLNetForQuestionAnsweringSimple)
 
     from hf_memory import MemoryTransformerForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4)).save_pretrained(tmp_path / "llama")
+    decoder = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                   num_key_value_heads=2)
+    LlamaForCausalLM(LlamaConfig(**decoder)).save_pretrained(tmp_path / "llama")
+    MistralForCausalLM(MistralConfig(**decoder)).save_pretrained(tmp_path / "mistral")
     XLNetForQuestionAnsweringSimple(XLNetConfig(vocab_size=100, d_model=32, n_layer=1, n_head=4,
                                                 d_inner=64)).save_pretrained(tmp_path / "xlnet")
-    loaded = [
-        MemoryTransformerForCausalLM.from_pretrained(tmp_path / "llama", num_memory_tokens=16),
-        MemXLNetForQuestionAnswering.from_pretrained(tmp_path / "xlnet", memory_num_tokens=2),
-    ]
-    for model, task in zip(loaded, ("text-generation", "question-answering")):
-        assert model.config.model_type == type(model.config).model_type  # read as ours, without a type warning
-        out = tmp_path / f"saved_{model.config.model_type}"
+    loaded = {
+        "llama": MemoryTransformerForCausalLM.from_pretrained(tmp_path / "llama", num_memory_tokens=16),
+        "mistral": MemoryTransformerForCausalLM.from_pretrained(tmp_path / "mistral", num_memory_tokens=16),
+        "xlnet": MemXLNetForQuestionAnswering.from_pretrained(tmp_path / "xlnet", memory_num_tokens=2),
+    }
+    assert loaded["mistral"].config.model_type == "mistral"
+    for source, model in loaded.items():
+        if source != "mistral":
+            assert model.config.model_type == type(model.config).model_type  # read as ours, without a type warning
+        out = tmp_path / f"saved_{source}"
         model.save_pretrained(out)
+        task = "question-answering" if source == "xlnet" else "text-generation"
         assert front_matter((out / "README.md").read_text())["pipeline_tag"] == task
         assert json.loads((out / "config.json").read_text())["model_type"] == type(model.config).model_type
 

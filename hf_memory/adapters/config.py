@@ -190,17 +190,14 @@ class MemoryAdapterConfig(PushToHubMixin):
         directory = os.path.join(pretrained_model_name_or_path, subfolder or "")
         config_file = os.path.join(directory, ADAPTER_CONFIG_NAME)
         if os.path.isdir(directory) and not os.path.isfile(config_file):
-            written_by_trainer = os.path.isfile(os.path.join(directory, "model.safetensors"))
-            raise ValueError(
-                f"{directory} has no {ADAPTER_CONFIG_NAME}, so it is not a memory adapter folder"
-                + (
-                    " (its model.safetensors is the whole model's state dict, which a stock transformers Trainer "
-                    "writes for a model that is not a PreTrainedModel). Fix: train with hf_memory.MemoryAdapterTrainer, "
-                    "whose checkpoints and save_model() are adapter folders, or call model.save_pretrained(dir)."
-                    if written_by_trainer
-                    else ". Fix: pass the folder that model.save_pretrained(dir) wrote."
+            fix = "Fix: pass the folder that model.save_pretrained(dir) wrote."
+            if os.path.isfile(os.path.join(directory, "model.safetensors")):
+                fix = (
+                    "Its model.safetensors is the whole model's state dict, which a stock transformers Trainer writes "
+                    "for a model that is not a PreTrainedModel. Fix: train with hf_memory.MemoryAdapterTrainer, whose "
+                    "checkpoints and save_model() are adapter folders, or call model.save_pretrained(dir)."
                 )
-            )
+            raise ValueError(f"{directory} has no {ADAPTER_CONFIG_NAME}, so it is not a memory adapter folder. {fix}")
         if not os.path.isfile(config_file):
             config_file = hf_hub_download(
                 str(pretrained_model_name_or_path), ADAPTER_CONFIG_NAME, subfolder=subfolder, **kwargs

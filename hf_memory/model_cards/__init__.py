@@ -23,7 +23,7 @@ def card_family(config) -> str | None:
     """Our model family a config belongs to, or None for models that get the generic card."""
     if getattr(config, "peft_type", None) == "MEMORY_ADAPTER":
         return "memory_adapter"
-    # the class's type: a config read from a Llama or XLNet checkpoint keeps that checkpoint's `model_type`
+    # the class's type: a config read from another model's checkpoint may keep that checkpoint's `model_type`
     family = getattr(type(config), "model_type", None) or getattr(config, "model_type", None)
     return family if family in FAMILIES else None
 
