@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flop_count import count_flops  # noqa: E402
 from hf_memory.adapters import MemoryAdapterConfig, get_memory_model  # noqa: E402
 
 
@@ -67,6 +68,9 @@ def bench_pair(base, adapted, input_ids, prompt, new_tokens: int, repeats: int) 
     }
     decode["ratio"] = decode["adapter_tokens_per_s"] / decode["base_tokens_per_s"]
     decode["ratio_best"] = decode["adapter_tokens_per_s_best"] / decode["base_tokens_per_s_best"]
+    # what the ratios would be if time followed the matmul FLOPs (see flop_count.py)
+    forward["flop_ratio"] = count_flops(forward_adapted) / count_flops(forward_base)
+    decode["flop_ratio"] = count_flops(decode_adapted) / count_flops(decode_base)
     return {"forward": forward, "decode": decode}
 
 
@@ -124,9 +128,10 @@ def main():
         forward, decode = measured["forward"], measured["decode"]
         print(
             f"{name:>18}: forward {forward['ratio']:.3f}x base time (best-of-{repeats}: {forward['ratio_best']:.3f}x; "
-            f"{forward['adapter_s'] * 1e3:.1f} vs {forward['base_s'] * 1e3:.1f} ms), decode {decode['ratio']:.3f}x base "
-            f"tokens/s (best: {decode['ratio_best']:.3f}x; {decode['adapter_tokens_per_s']:.1f} vs "
-            f"{decode['base_tokens_per_s']:.1f})"
+            f"{forward['adapter_s'] * 1e3:.1f} vs {forward['base_s'] * 1e3:.1f} ms; FLOPs {forward['flop_ratio']:.3f}x), "
+            f"decode {decode['ratio']:.3f}x base tokens/s (best: {decode['ratio_best']:.3f}x; "
+            f"{decode['adapter_tokens_per_s']:.1f} vs {decode['base_tokens_per_s']:.1f}; at the FLOP ratio "
+            f"{1 / decode['flop_ratio']:.3f}x)"
         )
     quantization = {}
     adapted = get_memory_model(base, MemoryAdapterConfig(**memory))

@@ -33,6 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from flop_count import count_flops  # noqa: E402
 from hf_memory.models.memory_transformer import MemoryTransformerConfig, MemoryTransformerForCausalLM  # noqa: E402
 from hf_memory.tokenization import train_causal_lm_tokenizer  # noqa: E402
 
@@ -127,7 +128,14 @@ def bench_training(models, args, batch_size: int, seq_len: int) -> dict:
             seconds = training_step_seconds(model, optimizers[name], input_ids, args.device)
             if round_idx >= args.warmup_steps:
                 times[name].append(seconds)
-    return {"batch_size": batch_size, "seq_len": seq_len, **speed_summary(times, batch_size * seq_len)}
+
+    def forward_backward(model):
+        model(input_ids, labels=input_ids).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    flops = {name: count_flops(lambda: forward_backward(model)) for name, model in models.items()}
+    return {"batch_size": batch_size, "seq_len": seq_len, **speed_summary(times, batch_size * seq_len),
+            "flop_ratio": flops["memory"] / flops["llama"]}
 
 
 @torch.no_grad()
@@ -145,8 +153,10 @@ def bench_decoding(models, args, prompt_len: int) -> dict:
             model.generate(prompt, **kwargs)
             synchronize(args.device)
             times[name].append(time.perf_counter() - start)
+    flops = {name: count_flops(lambda: model.generate(prompt, **kwargs)) for name, model in models.items()}
     return {"prompt_len": prompt_len, "new_tokens": args.new_tokens,
-            **speed_summary(times, args.decode_batch_size * args.new_tokens)}
+            **speed_summary(times, args.decode_batch_size * args.new_tokens),
+            "flop_ratio": flops["memory"] / flops["llama"]}
 
 
 def load_blocks(tokenizer, path: Path, block_size: int) -> torch.Tensor:
@@ -271,7 +281,7 @@ def parse_args():
 def print_speed(name: str, result: dict, target: float) -> None:
     print(f"{name:>24} tokens/s  llama {result['llama_tokens_per_s']:.1f}  memory {result['memory_tokens_per_s']:.1f}  "
           f"ratio {result['ratio']:.3f} (median), {result['ratio_best']:.3f} (best of {result['repeats']}); "
-          f"target >= {target}")
+          f"target >= {target}; at the FLOP ratio {1 / result['flop_ratio']:.3f}")
 
 
 def main():

@@ -55,7 +55,13 @@ def parse_args(argv=None):
     parser.add_argument("--max-query-length", type=int, default=64)
     parser.add_argument("--memory-tokens", type=int, default=8, help="Tiny model only: memory token pairs.")
     parser.add_argument("--memory-impl", choices=["token", "differentiable"], default="token", help="Tiny model only.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    path = args.model_path
+    if path and not Path(path).is_dir() and (path.count("/") > 1 or path.startswith((".", "/"))):
+        parser.error(f"--model-path {path} is not a folder (nor a Hub id); train one first (python "
+                     "examples/train_with_differentiable_memory.py writes outputs/memxlnet-differentiable/final), "
+                     "or leave --model-path out to analyse a tiny untrained model.")
+    return args
 
 
 def tiny_model(args):

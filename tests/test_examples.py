@@ -82,3 +82,13 @@ def test_analyze_memory_attention_without_a_checkpoint(tmp_path, data_dir):
     report = json.loads((tmp_path / "memory_analysis.json").read_text())
     assert report["segments"] == 3 and report["memory_impl"] == "differentiable"
     assert "wrote" in stdout
+
+
+@pytest.mark.parametrize("script", ["analyze_gmm_experts.py", "analyze_memory_attention.py"])
+def test_analysis_examples_name_a_missing_checkpoint_folder(script, tmp_path):
+    missing = str(tmp_path / "outputs" / "never-trained" / "final")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / script), "--model-path", missing],
+                            cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"--model-path {missing} is not a folder" in result.stderr and "train one first" in result.stderr

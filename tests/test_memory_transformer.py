@@ -346,6 +346,18 @@ def test_memory_is_projected_once_per_generation():
     assert len(calls) == model.config.num_hidden_layers
 
 
+def test_cached_decoding_routes_once_per_chunk():
+    model = tiny_model()
+    routed = []
+    for layer in model.model.layers:
+        layer.memory_block.router.register_forward_hook(lambda *args: routed.append(1))
+    prompt_len, new_tokens, chunk = 3, 8, model.config.routing_chunk_size  # the prompt fills part of one chunk
+    model.generate(torch.randint(1, 97, (1, prompt_len)), max_new_tokens=new_tokens, do_sample=False)
+    decoded_positions = range(prompt_len, prompt_len + new_tokens - 1)
+    chunk_starts = sum(1 for position in decoded_positions if position % chunk == 0)
+    assert len(routed) == model.config.num_hidden_layers * (1 + chunk_starts)
+
+
 def test_gradient_checkpointing_gives_same_loss_and_gradients():
     input_ids = torch.randint(1, 97, (2, 11))
     results = []

@@ -19,7 +19,7 @@ takes a `MemoryTransformerConfig`, which only needs the host's `hidden_size`, `n
 - `memory_router_statistics(router_logits, top_k, attention_mask)` -> load-balance loss, z-loss and chapter usage.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -185,6 +185,14 @@ class MemoryRoutingState:
     num_positions: tuple[int, ...]
     chunk_memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     pending: tuple[torch.Tensor, ...] = ()
+
+    def advanced(self, routing_queries: torch.Tensor, keep_chunk_memory: bool) -> "MemoryRoutingState":
+        """The state after padding-free tokens that stay inside every row's current chunk (routing unchanged)."""
+        return MemoryRoutingState(
+            self.query_sum, self.query_count, self.chunk_logits,
+            tuple(done + routing_queries.shape[1] for done in self.num_positions),
+            self.chunk_memory if keep_chunk_memory else None, self.pending + (routing_queries,),
+        )
 
     def index_batch(self, indices: torch.Tensor) -> "MemoryRoutingState":
         def select(tensor):
@@ -352,13 +360,8 @@ class MemoryTransformerChapterRouter(nn.Module):
         device = routing_queries.device
         chunk = self.chunk_size
         seen = (0,) * batch_size if state is None else state.num_positions
-        if token_mask is None and all(0 < done % chunk <= chunk - seq_len for done in seen):
-            # every row stays inside the chunk it is in: routing is unchanged
-            new_state = replace(
-                state, num_positions=tuple(done + seq_len for done in seen), chunk_memory=None,
-                pending=state.pending + (routing_queries,),
-            )
-            return state.chunk_logits, new_state, CONTINUING_CHUNK
+        if token_mask is None and self.stays_in_chunk(state, seq_len):
+            return state.chunk_logits, state.advanced(routing_queries, keep_chunk_memory=False), CONTINUING_CHUNK
         pending = state.pending if state is not None else ()
         num_pending = sum(queries.shape[1] for queries in pending)
         queries = torch.cat([*pending, routing_queries], 1) if pending else routing_queries
@@ -406,6 +409,11 @@ class MemoryTransformerChapterRouter(nn.Module):
         slot = new_index - segment_start
         segment = segment.masked_fill(~real[:, num_pending:], -1)
         return chunk_logits, new_state, MemoryChunkLayout(segment, slot, continues_chunk=False)
+
+    def stays_in_chunk(self, state: MemoryRoutingState | None, seq_len: int) -> bool:
+        """Whether `seq_len` more padding-free tokens keep every row inside the chunk it is in (routing unchanged)."""
+        return state is not None and all(0 < done % self.chunk_size <= self.chunk_size - seq_len
+                                         for done in state.num_positions)
 
     def select(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chapter ids `(..., S + k)` (shared chapters first) and their mixing weights (shared 1, routed top-k
@@ -565,6 +573,13 @@ class MemoryTransformerMemoryBlock(nn.Module):
         hidden)` to add to the residual stream. router_logits: `(batch, seq_len, num_routed_chapters)` or `None`
         without chapters.
         """
+        if (
+            self.router is not None and memory_cache is not None and attention_mask is None
+            and hidden_states.shape[1] == 1 and not torch.is_grad_enabled()
+        ):
+            state = memory_cache.routing_states.get(self.layer_idx)
+            if state is not None and state.chunk_memory is not None and self.router.stays_in_chunk(state, 1):
+                return self._decode_within_chunk(hidden_states, state, memory_cache)
         if memory_cache is not None and self.layer_idx in memory_cache.key_values:
             keys, values = memory_cache.key_values[self.layer_idx]
         else:
@@ -594,6 +609,17 @@ class MemoryTransformerMemoryBlock(nn.Module):
         else:  # chunk-aligned rows: token t is in segment t // chunk_size
             router_logits = chunk_logits.repeat_interleave(self.router.chunk_size, dim=1)
         return self.memory_output(attended), router_logits
+
+    def _decode_within_chunk(
+        self, hidden_states: torch.Tensor, state: MemoryRoutingState, memory_cache: MemoryCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoding step (one token per row) inside every row's routed chunk, whose chapters are already gathered:
+        the general path's result without its routing and packing bookkeeping, which at batch 1 took about an eighth
+        of the block's time."""
+        normed = self.memory_layernorm(hidden_states)
+        attended = self._attend(self.memory_query(normed), *state.chunk_memory, 1)
+        memory_cache.routing_states[self.layer_idx] = state.advanced(normed, keep_chunk_memory=True)
+        return self.memory_output(attended), state.chunk_logits
 
     def _group_queries(self, query: torch.Tensor, num_groups_per_row: int) -> torch.Tensor:
         """`(batch, groups * group_len, heads * head_dim)` -> `(kv_heads, batch * groups, heads_per_kv * group_len,
