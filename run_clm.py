@@ -33,7 +33,6 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_memory.adapters.trainer import MemoryAdapterTrainer
 from hf_memory.model_cards import TrainerModelCardMixin
@@ -44,7 +43,7 @@ from hf_memory.models.memory_transformer import (
     memory_router_statistics,
 )
 from hf_memory.tokenization import train_causal_lm_tokenizer
-from hf_memory.training.arguments import skip_pin_memory_on_cpu
+from hf_memory.training.arguments import checkpoint_in_output_dir, skip_pin_memory_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +89,18 @@ class DataTrainingArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     train_file: str | None = field(default=None, metadata={"help": "Training data: .txt, .json or .jsonl."})
     validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .txt, .json or .jsonl."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."}
+    )
     text_column_name: str | None = field(
         default=None, metadata={"help": "Column holding the text (default: 'text' if present, else the first column)."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training blocks to this many."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation blocks to this many."})
     block_size: int | None = field(
-        default=None, metadata={"help": "Tokens per training block (default: min(model_max_length, 1024))."}
+        default=None,
+        metadata={"help": "Tokens per training block (default: the tokenizer's model_max_length, or min(1024, "
+                  "max_position_embeddings) when that is longer); capped at model_max_length."},
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached preprocessing."})
     validation_split_percentage: int = field(
@@ -248,9 +252,18 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
             **builder_kwargs,
         )
     if "validation" not in raw and "train" in raw and not data_args.streaming:
-        held_out = data_args.validation_split_percentage
-        split = raw["train"].train_test_split(test_size=held_out / 100, seed=0, shuffle=False)
-        raw = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+        # as the official script's train[:p%] / train[p%:]: the first p percent of the rows are held out
+        held_out = round(len(raw["train"]) * data_args.validation_split_percentage / 100)
+        if not 0 < held_out < len(raw["train"]):
+            raise ValueError(
+                f"--validation_split_percentage {data_args.validation_split_percentage} holds out {held_out} of the "
+                f"{len(raw['train'])} training rows. Fix: choose a percentage that leaves rows on both sides, or pass "
+                "--validation_file."
+            )
+        train = raw["train"]
+        raw = datasets.DatasetDict({
+            "train": train.select(range(held_out, len(train))), "validation": train.select(range(held_out)),
+        })
     return raw
 
 
@@ -323,6 +336,28 @@ def build_model(model_args: ModelArguments, memory_args: MemoryArguments, config
 
         return build_memory_adapter_model(model, model_args, memory_args)
     return model
+
+
+def resolve_block_size(requested: int | None, tokenizer, config) -> int:
+    """The official script's rule: by default the tokenizer's `model_max_length`, or `min(1024,
+    max_position_embeddings)` when that is longer than the model's positions; a requested size is capped at
+    `model_max_length`."""
+    if requested is None:
+        block_size = tokenizer.model_max_length
+        max_positions = getattr(config, "max_position_embeddings", None)
+        if max_positions is not None and block_size > max_positions:
+            logger.warning(
+                f"The tokenizer's model_max_length ({block_size}) is longer than the model's max_position_embeddings "
+                f"({max_positions}); using block_size {min(1024, max_positions)}. Override with --block_size."
+            )
+            block_size = min(1024, max_positions)
+        return block_size
+    if requested > tokenizer.model_max_length:
+        logger.warning(
+            f"--block_size {requested} is longer than the tokenizer's model_max_length ({tokenizer.model_max_length}); "
+            f"using block_size {tokenizer.model_max_length}."
+        )
+    return min(requested, tokenizer.model_max_length)
 
 
 def tokenize_and_group(raw_datasets, tokenizer, text_column: str, block_size: int, data_args, training_args):
@@ -406,11 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     register_memory_transformer()
-    last_checkpoint = None
-    if training_args.do_train and os.path.isdir(training_args.output_dir) and not training_args.resume_from_checkpoint:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info("Resuming from %s (found in output_dir).", last_checkpoint)
+    last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)
 
@@ -429,12 +460,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = build_tokenizer(model_args, raw_datasets, text_column, training_args.output_dir)
     model = build_model(model_args, memory_args, config, tokenizer)
 
-    block_size = data_args.block_size or min(tokenizer.model_max_length, 1024)
-    if block_size > tokenizer.model_max_length:
-        logger.warning(f"block_size {block_size} exceeds model_max_length {tokenizer.model_max_length}.")
+    block_size = resolve_block_size(data_args.block_size, tokenizer, config)
     lm_datasets = tokenize_and_group(raw_datasets, tokenizer, text_column, block_size, data_args, training_args)
     train_dataset = limit(lm_datasets.get("train"), data_args.max_train_samples)
     eval_dataset = limit(lm_datasets.get("validation"), data_args.max_eval_samples)
+    if not data_args.streaming:
+        for split, dataset, wanted in (("train", train_dataset, training_args.do_train),
+                                       ("validation", eval_dataset, training_args.do_eval)):
+            if wanted and len(dataset) == 0:
+                raise ValueError(
+                    f"The {split} text is shorter than one block of --block_size {block_size} tokens, so it gives no "
+                    "examples. Fix: lower --block_size or give more text."
+                )
 
     trainer = MemoryLMTrainer(
         model=model,

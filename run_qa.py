@@ -31,7 +31,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from hf_memory import MemXLNetConfig, MemXLNetForQuestionAnswering, add_memory_tokens, train_xlnet_tokenizer
 from hf_memory.data import SegmentCollator, load_raw_datasets, preprocess_qa_dataset
@@ -43,7 +42,7 @@ from hf_memory.training import (
     MemoryTrainer,
     ProgressiveSegmentsCallback,
 )
-from hf_memory.training.arguments import GMM_OPTIONS, skip_pin_memory_on_cpu
+from hf_memory.training.arguments import GMM_OPTIONS, checkpoint_in_output_dir, skip_pin_memory_on_cpu
 from hf_memory.training.gmm_callbacks import RoutingStatisticsCallback
 
 logger = logging.getLogger(__name__)
@@ -79,6 +78,9 @@ class DataTrainingArguments:
     train_file: str | None = field(default=None, metadata={"help": "SQuAD-format JSON training file."})
     validation_file: str | None = field(default=None, metadata={"help": "SQuAD-format JSON evaluation file."})
     test_file: str | None = field(default=None, metadata={"help": "SQuAD-format JSON prediction file."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."}
+    )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the preprocessing."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     max_seq_length: int = field(default=384, metadata={"help": "Tokens per segment (memory tokens included)."})
@@ -283,11 +285,7 @@ def main(argv: list[str] | None = None):
         "Process rank: %s, device: %s, world size: %s, distributed: %s", training_args.process_index,
         training_args.device, training_args.world_size, training_args.parallel_mode.value,
     )
-    last_checkpoint = None
-    if training_args.do_train and os.path.isdir(training_args.output_dir) and not training_args.resume_from_checkpoint:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info("Resuming from %s (found in output_dir).", last_checkpoint)
+    last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
     data_files = {
@@ -361,9 +359,12 @@ def main(argv: list[str] | None = None):
 
     def compute_metrics(prediction: EvalPrediction):
         threshold = data_args.null_score_diff_threshold if data_args.version_2_with_negative else 1.0
-        return metric.compute(
+        scores = metric.compute(
             predictions=prediction.predictions, references=prediction.label_ids, no_answer_threshold=threshold
         )
+        if not data_args.version_2_with_negative:  # the official script's `squad` metric names this `exact_match`
+            scores["exact_match"] = scores["exact"]
+        return scores
 
     collator = SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id)
     trainer = MemoryTrainer(

@@ -153,6 +153,7 @@ def test_streaming_trains_and_evaluates_from_a_stream(tmp_path):
     metrics = run_clm.main(argv)
     assert metrics["train_loss"] > 0 and math.isclose(metrics["perplexity"], math.exp(metrics["eval_loss"]))
     assert "train_samples" not in metrics  # a stream has no length
+    argv += ["--overwrite_output_dir", "True"]  # the reruns below stop before training
     no_steps = list(argv)
     no_steps[no_steps.index("--max_steps") + 1] = "-1"
     with pytest.raises(ValueError, match="--max_steps"):
@@ -160,3 +161,43 @@ def test_streaming_trains_and_evaluates_from_a_stream(tmp_path):
     without_validation = argv[: argv.index("--validation_file")] + argv[argv.index("--validation_file") + 2 :]
     with pytest.raises(ValueError, match="validation_split_percentage"):
         run_clm.main(without_validation)
+
+
+def test_overwrite_output_dir_starts_afresh_and_a_non_empty_folder_needs_it(tmp_path):
+    args = dict(base_args(tmp_path), max_steps=2, logging_steps=1, save_strategy="steps", save_steps=2, do_eval=False)
+    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    out = Path(args["output_dir"])
+    run_clm.main(argv)
+    run_clm.main([*argv, "--overwrite_output_dir", "True"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        run_clm.main([*argv, "--output_dir", str(plain)])
+
+
+def test_block_size_follows_the_official_rule(tmp_path):
+    tokenizer = type("Tokenizer", (), {"model_max_length": 2048})()
+    config = type("Config", (), {"max_position_embeddings": 512})()
+    assert run_clm.resolve_block_size(None, tokenizer, config) == 512  # min(1024, max_position_embeddings)
+    assert run_clm.resolve_block_size(4096, tokenizer, config) == 2048  # capped at model_max_length
+    config.max_position_embeddings = 4096
+    assert run_clm.resolve_block_size(None, tokenizer, config) == 2048
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time.\nThe end.\n", encoding="utf-8")
+    args = dict(base_args(tmp_path), train_file=str(short), train_tokenizer_vocab_size=300)
+    with pytest.raises(ValueError, match="shorter than one block"):
+        run_clm.main([item for key, value in args.items() for item in (f"--{key}", str(value))])
+
+
+def test_validation_split_holds_out_the_first_rows_like_the_official_script(tmp_path):
+    train, _ = write_slices(tmp_path)
+    data_args = run_clm.DataTrainingArguments(train_file=str(train), validation_split_percentage=10)
+    raw = run_clm.load_raw_datasets(data_args, run_clm.ModelArguments(model_type="memory_transformer"))
+    rows = train.read_text(encoding="utf-8").split("\n")
+    assert [text.rstrip("\n") for text in raw["validation"]["text"]] == rows[: len(raw["validation"])]
+    assert len(raw["validation"]) == round(len(rows) * 0.1)
+    with pytest.raises(ValueError, match="validation_split_percentage 0"):
+        run_clm.load_raw_datasets(run_clm.DataTrainingArguments(train_file=str(train), validation_split_percentage=0),
+                                  run_clm.ModelArguments(model_type="memory_transformer"))

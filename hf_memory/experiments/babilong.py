@@ -208,7 +208,8 @@ def train_stage(run_qa, config, train_file, steps, output_dir, extra, learning_r
             "--max_steps", str(steps), "--learning_rate", str(learning_rate), "--warmup_steps", str(steps // 10),
             "--lr_scheduler_type", lr_scheduler_type,
             "--weight_decay", "0.01", "--bptt_depth", str(config.bptt_depth),
-            "--use_global_softmax", str(config.use_global_softmax), "--output_dir", str(output_dir), *extra,
+            "--use_global_softmax", str(config.use_global_softmax), "--output_dir", str(output_dir),
+            "--overwrite_output_dir", "True", *extra,  # a stage without its model is redone from the start
         ]
         started = time.perf_counter()
         run_qa(argv)

@@ -1,8 +1,13 @@
 """Command-line arguments of memory training, parsed by `HfArgumentParser` next to `TrainingArguments`."""
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("memxlnet", "gmmxlnet", "xlnet")
 GMM_OPTIONS = (
@@ -104,3 +109,23 @@ def skip_pin_memory_on_cpu(training_args) -> None:
     `dataloader_pin_memory=True` makes every DataLoader warn that no accelerator was found."""
     if training_args.dataloader_pin_memory and (training_args.use_cpu or not torch.cuda.is_available()):
         training_args.dataloader_pin_memory = False
+
+
+def checkpoint_in_output_dir(training_args, overwrite_output_dir: bool) -> str | None:
+    """The official examples' rule for `--do_train` into an existing `output_dir`: continue from its last
+    `checkpoint-*`, refuse a non-empty folder without one, and start afresh with `--overwrite_output_dir` (a flag
+    transformers 5 dropped from `TrainingArguments`, so the scripts declare it themselves)."""
+    output_dir = training_args.output_dir
+    if not training_args.do_train or overwrite_output_dir or training_args.resume_from_checkpoint:
+        return None
+    if not os.path.isdir(output_dir):
+        return None
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if last_checkpoint is None and os.listdir(output_dir):
+        raise ValueError(
+            f"Output directory ({output_dir}) already exists, is not empty and holds no checkpoint-* to resume from. "
+            "Fix: pass --overwrite_output_dir to train into it anyway, or choose another --output_dir."
+        )
+    if last_checkpoint is not None:
+        logger.info("Resuming from %s (found in output_dir; --overwrite_output_dir starts afresh).", last_checkpoint)
+    return last_checkpoint
