@@ -87,8 +87,10 @@ class ModelArguments:
 class DataTrainingArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "Dataset name for datasets.load_dataset."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data: .txt, .json or .jsonl."})
-    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: .txt, .json or .jsonl."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: .txt, .csv, .json or .jsonl."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data: .txt, .csv, .json or .jsonl."}
+    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."}
     )
@@ -118,8 +120,8 @@ class DataTrainingArguments:
         if self.dataset_name is None and self.train_file is None and self.validation_file is None:
             raise ValueError("Need --dataset_name or --train_file/--validation_file.")
         for path in (self.train_file, self.validation_file):
-            if path is not None and path.rsplit(".", 1)[-1] not in ("txt", "json", "jsonl"):
-                raise ValueError(f"{path}: --train_file/--validation_file must be a .txt, .json or .jsonl file.")
+            if path is not None and path.rsplit(".", 1)[-1] not in ("txt", "csv", "json", "jsonl"):
+                raise ValueError(f"{path}: --train_file/--validation_file must be a .txt, .csv, .json or .jsonl file.")
 
 
 @dataclass
@@ -245,7 +247,7 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
         if data_args.validation_file is not None:
             data_files["validation"] = data_args.validation_file
         extension = next(iter(data_files.values())).rsplit(".", 1)[-1]
-        builder = "text" if extension == "txt" else "json"
+        builder = {"txt": "text", "csv": "csv"}.get(extension, "json")
         builder_kwargs = {"keep_linebreaks": data_args.keep_linebreaks} if builder == "text" else {}
         raw = datasets.load_dataset(
             builder, data_files=data_files, cache_dir=model_args.cache_dir, streaming=data_args.streaming,
