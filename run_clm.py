@@ -92,7 +92,8 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Evaluation data: .txt, .csv, .json or .jsonl."}
     )
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."}
+        default=False,
+        metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."},
     )
     text_column_name: str | None = field(
         default=None, metadata={"help": "Column holding the text (default: 'text' if present, else the first column)."}

@@ -79,7 +79,8 @@ class DataTrainingArguments:
     validation_file: str | None = field(default=None, metadata={"help": "SQuAD-format JSON evaluation file."})
     test_file: str | None = field(default=None, metadata={"help": "SQuAD-format JSON prediction file."})
     overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."}
+        default=False,
+        metadata={"help": "Train into a non-empty --output_dir instead of resuming from its last checkpoint."},
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the preprocessing."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})

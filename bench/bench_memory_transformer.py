@@ -8,10 +8,11 @@
 4. Quality: a memory model vs the vanilla control (`vanilla_mode=True`, identical backbone) trained on the same
    TinyStories blocks in the same order for the same number of steps; validation loss side by side (and wall-clock).
 
-Speeds are measured in one run, alternating the two models (one thread; each training measurement in fresh
-processes, one per model and round), reporting ratios of the medians and of the fastest repeats; a long-context pair (sequence/prompt `--long_seq_len`) shows how the memory cost amortises. Results
-are printed and saved to bench/results/memory_transformer.json. Default settings take about 6 minutes on a 2-core CPU
-(`--skip_quality`: about 3).
+Speeds are measured in one run, alternating the two models (one thread; each training measurement in fresh processes,
+one per model and round), reporting ratios of the medians and of the fastest repeats; a long-context pair
+(sequence/prompt `--long_seq_len`) shows how the memory cost amortises. Results are printed and saved to
+bench/results/memory_transformer.json. Default settings take about 8 minutes on a 2-core CPU (`--skip_quality`: about
+6).
 
     python bench/bench_memory_transformer.py [--quick] [--device cuda]
 """

@@ -36,8 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--doc-stride", type=int, default=32)
     parser.add_argument("--max-query-length", type=int, default=32)
     args = parser.parse_args(argv)
-    if not Path(args.model_path).is_dir() and (args.model_path.count("/") > 1 or args.model_path.startswith((".", "/"))):
-        parser.error(f"--model-path {args.model_path} is not a folder (nor a Hub id); train one first "
+    path = args.model_path
+    if not Path(path).is_dir() and (path.count("/") > 1 or path.startswith((".", "/"))):
+        parser.error(f"--model-path {path} is not a folder (nor a Hub id); train one first "
                      "(python examples/train_with_gmm_memory.py writes outputs/gmm-xlnet-demo/final).")
     return args
 

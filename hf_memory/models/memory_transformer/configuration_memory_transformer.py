@@ -284,8 +284,7 @@ class MemoryTransformerConfig(PreTrainedConfig):
                 f"top_k_chapters ({self.top_k_chapters}) must be in [1, num_chapters - num_shared_chapters = "
                 f"{self.num_routed_chapters}]."
             )
-        if self.routing_chunk_size < 1:
-            raise ValueError(f"routing_chunk_size must be >= 1, got {self.routing_chunk_size}.")
+        self._check_at_least_one("routing_chunk_size")
 
     def _check_at_least_one(self, *names: str) -> None:
         for name in names:
