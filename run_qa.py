@@ -86,7 +86,8 @@ class DataTrainingArguments:
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for preprocessing."})
     max_seq_length: int = field(default=384, metadata={"help": "Tokens per segment (memory tokens included)."})
     pad_to_max_length: bool = field(
-        default=True, metadata={"help": "Kept for compatibility: segments are always padded to max_seq_length."}
+        default=True,
+        metadata={"help": "Kept for compatibility: segments are always padded to max_seq_length (False warns)."},
     )
     max_query_length: int = field(default=64, metadata={"help": "Longer questions are truncated (counted)."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set."})
@@ -286,6 +287,12 @@ def main(argv: list[str] | None = None):
         "Process rank: %s, device: %s, world size: %s, distributed: %s", training_args.process_index,
         training_args.device, training_args.world_size, training_args.parallel_mode.value,
     )
+    if not data_args.pad_to_max_length:
+        logger.warning(
+            "--pad_to_max_length False has no effect: every segment is padded to --max_seq_length (%d), because the "
+            "segments of a document are batched time-step-major with memory carried between them. Lower "
+            "--max_seq_length for shorter segments.", data_args.max_seq_length,
+        )
     last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
 

@@ -1,7 +1,8 @@
 """hf_memory: memory-augmented transformers for the Hugging Face ecosystem.
 
 Importing the package registers every model with the transformers Auto classes, so `AutoConfig`,
-`AutoModel` and the task Auto classes resolve our `model_type`s without `trust_remote_code`.
+`AutoModel` and the task Auto classes resolve our `model_type`s without `trust_remote_code`, and makes PEFT's
+adapter loaders name `MemoryAdapterModel.from_pretrained` when given a memory adapter folder.
 """
 
 from transformers import (

@@ -175,6 +175,26 @@ def test_save_and_reload_round_trip_is_exact(tmp_path):
     assert trainable.get_nb_trainable_parameters()[0] > 0
 
 
+def test_peft_and_transformers_adapter_loaders_name_the_memory_adapter_loader(tmp_path):
+    import peft
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_model().save_pretrained(base_dir)
+    get_memory_model(LlamaForCausalLM.from_pretrained(base_dir), MemoryAdapterConfig()).save_pretrained(adapter_dir)
+    loaders = {
+        "PeftModel": lambda: peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(base_dir), adapter_dir),
+        "AutoPeftModel": lambda: peft.AutoPeftModelForCausalLM.from_pretrained(adapter_dir),
+        "PeftConfig": lambda: peft.PeftConfig.from_pretrained(adapter_dir),
+        "AutoModelForCausalLM": lambda: AutoModelForCausalLM.from_pretrained(adapter_dir),
+        "load_adapter": lambda: LlamaForCausalLM.from_pretrained(base_dir).load_adapter(str(adapter_dir)),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(ValueError, match="MemoryAdapterModel.from_pretrained") as raised:
+            load()
+        assert repr(str(base_dir)) in str(raised.value), name  # the snippet names the base model to load
+    assert repr(str(adapter_dir)) in str(pytest.raises(ValueError, loaders["PeftModel"]).value)
+
+
 def test_reload_onto_a_different_base_shape_fails_clearly(tmp_path):
     model = get_memory_model(tiny_model(), MemoryAdapterConfig(memory_sharing="per_layer"))
     model.save_pretrained(tmp_path)

@@ -2,6 +2,10 @@
 
 from .config import MemoryAdapterConfig
 from .model import MemoryAdapterModel, create_memory_optimizer, find_decoder_layers, get_memory_model
+from .peft_loading import register_peft_loading_error
+
+
+register_peft_loading_error()
 
 
 def __getattr__(name: str):

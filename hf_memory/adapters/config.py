@@ -29,7 +29,8 @@ class MemoryAdapterConfig(PushToHubMixin):
     added to chosen decoder layers of a frozen causal LM (Llama, Qwen2, Mistral and other pre-norm decoders).
 
     The layout follows PEFT's adapter configs (`peft_type`, `base_model_name_or_path`, `inference_mode`, saved as
-    `adapter_config.json`), but the type is our own: PEFT cannot load it, [`MemoryAdapterModel.from_pretrained`] does.
+    `adapter_config.json`), but the type is our own: PEFT cannot load it, [`MemoryAdapterModel.from_pretrained`] does
+    (PEFT's loaders say so, see `peft_loading.py`).
     The memory's output projection starts at zero, so a fresh adapter leaves the base model's outputs unchanged.
 
     Args:
