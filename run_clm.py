@@ -71,7 +71,8 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub/folder."})
     dtype: str | None = field(
         default=None,
-        metadata={"help": "dtype to load the model in.", "choices": ["auto", "bfloat16", "float16", "float32"]},
+        metadata={"help": "dtype to load the model in (--torch_dtype, its name before transformers 5, also works).",
+                  "choices": ["auto", "bfloat16", "float16", "float32"], "aliases": ["--torch_dtype"]},
     )
     train_tokenizer_vocab_size: int | None = field(
         default=None,

@@ -90,8 +90,10 @@ def test_memory_learning_rate_gets_its_own_optimizer_groups(tmp_path):
             "--model_type", "memory_transformer", "--config_overrides", TINY_OVERRIDES,
             "--train_file", str(TINYSTORIES), "--output_dir", str(tmp_path), "--learning_rate", "1e-3",
             "--memory_learning_rate", "5e-2", "--weight_decay", "0.1", "--use_cpu", "True", "--report_to", "none",
+            "--torch_dtype", "float32",
         ]
     )
+    assert model_args.dtype == "float32"  # the flag's name before transformers 5 still works
     config = run_clm.build_config(model_args)
     assert config.hidden_size == 32 and config.head_dim == 8 and config.num_key_value_heads == 2
     model = run_clm.AutoModelForCausalLM.from_config(config)
