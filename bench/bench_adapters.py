@@ -2,7 +2,9 @@
 
 Targets (issue 7): forward <= 1.25x the base model's time, decoding >= 0.8x its tokens/s, with 1,024 memory tokens
 and chapter routing. Base and adapted model are timed alternately on one thread so machine load hits both; ratios of
-the medians and of the fastest repeats are reported. Takes about 3 minutes on a 2-core CPU.
+the medians and of the fastest repeats are reported. A long-context pair (`--long_seq_len`, the same tokens per
+forward in longer rows, and decoding after a prompt of that length) shows how the memory's fixed per-token cost
+weighs against self-attention that grows with the context. Takes 2-4 minutes on a 2-core CPU.
 
     python bench/bench_adapters.py [--quick] [--output bench/results/adapters.json]
 """
@@ -74,12 +76,37 @@ def bench_pair(base, adapted, input_ids, prompt, new_tokens: int, repeats: int) 
     return {"forward": forward, "decode": decode}
 
 
+def trained_adapter(base, adapter_config: MemoryAdapterConfig):
+    """An adapter with non-zero output projections, as after training."""
+    adapted = get_memory_model(base, adapter_config)
+    with torch.no_grad():
+        for parameter in adapted.memory_parameters():
+            if parameter.dim() == 2 and not parameter.any():
+                parameter.normal_(std=0.02)
+    return adapted
+
+
+def print_pair(name: str, measured: dict, repeats: int) -> None:
+    forward, decode = measured["forward"], measured["decode"]
+    print(
+        f"{name:>18}: forward {forward['ratio']:.3f}x base time (best-of-{repeats}: {forward['ratio_best']:.3f}x; "
+        f"{forward['adapter_s'] * 1e3:.1f} vs {forward['base_s'] * 1e3:.1f} ms; FLOPs {forward['flop_ratio']:.3f}x), "
+        f"decode {decode['ratio']:.3f}x base tokens/s (best: {decode['ratio_best']:.3f}x; "
+        f"{decode['adapter_tokens_per_s']:.1f} vs {decode['base_tokens_per_s']:.1f}; at the FLOP ratio "
+        f"{1 / decode['flop_ratio']:.3f}x)"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller model and fewer repeats (smoke run)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "adapters.json"))
     parser.add_argument("--threads", type=int, default=1, help="1 keeps timings stable on a shared machine")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--long_seq_len", type=int, default=None,
+                        help="also time the all-layers adapter on sequences (and a prompt) of this length, where the "
+                        "memory's fixed per-token cost weighs less against self-attention (default 1024, --quick 256; "
+                        "0 = skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -91,6 +118,8 @@ def main():
     base = LlamaForCausalLM(config).eval()
     batch, seq_len, new_tokens, repeats = (2, 128, 16, 3) if args.quick else (4, 256, 64, 5)
     repeats = args.repeats or repeats
+    if args.long_seq_len is None:
+        args.long_seq_len = 256 if args.quick else 1024
     input_ids = torch.randint(0, config.vocab_size, (batch, seq_len))
     prompt = torch.randint(0, config.vocab_size, (1, 32))
 
@@ -116,29 +145,25 @@ def main():
         "settings": {},
     }
     for name, adapter_config in settings.items():
-        adapted = get_memory_model(base, adapter_config)
-        with torch.no_grad():
-            for parameter in adapted.memory_parameters():
-                if parameter.dim() == 2 and not parameter.any():
-                    parameter.normal_(std=0.02)  # a trained adapter: non-zero output projection
+        adapted = trained_adapter(base, adapter_config)
         measured = bench_pair(base, adapted, input_ids, prompt, new_tokens, repeats)
         adapted.unload()
         results["settings"][name] = {"target_layers": adapter_config.target_layers or "all",
                                      "memory_bank_type": adapter_config.memory_bank_type, **measured}
-        forward, decode = measured["forward"], measured["decode"]
-        print(
-            f"{name:>18}: forward {forward['ratio']:.3f}x base time (best-of-{repeats}: {forward['ratio_best']:.3f}x; "
-            f"{forward['adapter_s'] * 1e3:.1f} vs {forward['base_s'] * 1e3:.1f} ms; FLOPs {forward['flop_ratio']:.3f}x), "
-            f"decode {decode['ratio']:.3f}x base tokens/s (best: {decode['ratio_best']:.3f}x; "
-            f"{decode['adapter_tokens_per_s']:.1f} vs {decode['base_tokens_per_s']:.1f}; at the FLOP ratio "
-            f"{1 / decode['flop_ratio']:.3f}x)"
-        )
+        print_pair(name, measured, repeats)
+    if args.long_seq_len:
+        long_batch = max(1, batch * seq_len // args.long_seq_len)  # the same tokens per forward
+        long_input_ids = torch.randint(0, config.vocab_size, (long_batch, args.long_seq_len))
+        long_prompt = torch.randint(0, config.vocab_size, (1, args.long_seq_len))
+        adapted = trained_adapter(base, settings["all_layers"])
+        measured = bench_pair(base, adapted, long_input_ids, long_prompt, new_tokens, repeats)
+        adapted.unload()
+        results["long_context"] = {"forward_shape": list(long_input_ids.shape), "prompt_tokens": args.long_seq_len,
+                                   "target_layers": "all", **measured}
+        print_pair(f"all_layers, {args.long_seq_len} tokens", measured, repeats)
     quantization = {}
-    adapted = get_memory_model(base, MemoryAdapterConfig(**memory))
+    adapted = trained_adapter(base, MemoryAdapterConfig(**memory))
     with torch.no_grad():
-        for parameter in adapted.memory_parameters():
-            if parameter.dim() == 2 and not parameter.any():
-                parameter.normal_(std=0.02)
         full = adapted(input_ids[:1]).logits
         with adapted.disable_adapter():
             memory_effect = (full - base(input_ids[:1]).logits).abs().max().item()

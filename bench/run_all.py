@@ -110,6 +110,13 @@ def adapters_checks(result: dict) -> list[Check]:
                             targets["forward_ratio_max"]))
         rows.append(at_least("adapters", f"{name} decoding tokens/s / base", entry["decode"]["ratio"],
                              targets["decode_ratio_min"]))
+    if "long_context" in result:
+        long_context = result["long_context"]
+        length = long_context["prompt_tokens"]
+        rows.append(info("adapters", f"all_layers forward time / base, {length} tokens",
+                         long_context["forward"]["ratio"]))
+        rows.append(info("adapters", f"all_layers decoding tokens/s / base, {length}-token prompt",
+                         long_context["decode"]["ratio"]))
     return rows
 
 
