@@ -43,7 +43,7 @@ from hf_memory.models.memory_transformer import (
     memory_router_statistics,
 )
 from hf_memory.tokenization import train_causal_lm_tokenizer
-from hf_memory.training.arguments import checkpoint_in_output_dir, skip_pin_memory_on_cpu
+from hf_memory.training.arguments import check_model_paths, checkpoint_in_output_dir, skip_pin_memory_on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     register_memory_transformer()
+    check_model_paths(model_name_or_path=model_args.model_name_or_path, config_name=model_args.config_name,
+                      tokenizer_name=model_args.tokenizer_name)
     last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer  # noqa: E402
 
 from hf_memory.analysis import GMMAnalyzer, squad_document_dataloader  # noqa: E402
+from hf_memory.training.arguments import missing_local_model_path  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-query-length", type=int, default=32)
     args = parser.parse_args(argv)
     path = args.model_path
-    if not Path(path).is_dir() and (path.count("/") > 1 or path.startswith((".", "/"))):
+    if missing_local_model_path(path):
         parser.error(f"--model-path {path} is not a folder (nor a Hub id); train one first "
                      "(python examples/train_with_gmm_memory.py writes outputs/gmm-xlnet-demo/final).")
     return args

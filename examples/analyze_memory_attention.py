@@ -41,6 +41,7 @@ from hf_memory import (  # noqa: E402
     train_xlnet_tokenizer,
 )
 from hf_memory.analysis import squad_document_dataloader  # noqa: E402
+from hf_memory.training.arguments import missing_local_model_path  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -57,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--memory-impl", choices=["token", "differentiable"], default="token", help="Tiny model only.")
     args = parser.parse_args(argv)
     path = args.model_path
-    if path and not Path(path).is_dir() and (path.count("/") > 1 or path.startswith((".", "/"))):
+    if missing_local_model_path(path):
         parser.error(f"--model-path {path} is not a folder (nor a Hub id); train one first (python "
                      "examples/train_with_differentiable_memory.py writes outputs/memxlnet-differentiable/final), "
                      "or leave --model-path out to analyse a tiny untrained model.")

@@ -422,6 +422,8 @@ def test_config_round_trip_and_validation(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
     with pytest.raises(ValueError, match="not a memory adapter"):
         MemoryAdapterConfig.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="neither a local folder nor a Hub repository id"):  # not the Hub's error
+        MemoryAdapterModel.from_pretrained(tiny_model(), tmp_path / "missing")
 
 
 def test_default_adapter_deep_copies_with_shared_bank():

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("HF_MEMORY_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -124,7 +123,14 @@ def test_missing_tokenizer_source_is_a_clear_error(tmp_path):
     model_args = run_clm.ModelArguments(model_type="memory_transformer")
     with pytest.raises(ValueError, match="train_tokenizer_vocab_size"):
         run_clm.build_tokenizer(model_args, None, "text", str(tmp_path))
-    assert torch.is_tensor(torch.zeros(1))
+
+
+def test_a_missing_model_folder_is_named_before_any_work(tmp_path):
+    missing = tmp_path / "no_such_checkpoint"
+    with pytest.raises(ValueError, match=f"--model_name_or_path {missing} is not a folder"):
+        run_clm.main(["--model_name_or_path", str(missing), "--train_file", str(TINYSTORIES), "--do_train",
+                      "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_rerun_resumes_from_the_last_checkpoint_in_output_dir(tmp_path):

@@ -127,6 +127,9 @@ def test_bad_input_fails_early_with_a_clear_message(tmp_path):
     missing.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "1"}]}]}]}))
     result = run(["--train_file", missing, "--do_train", "--output_dir", tmp_path / "out"], timeout=120)
     assert result.returncode != 0 and "missing field 'question'" in result.stderr
+    result = run(["--model_name_or_path", tmp_path / "no_such_checkpoint", "--train_file", missing, "--do_train",
+                  "--output_dir", tmp_path / "out"], timeout=120)
+    assert result.returncode != 0 and "no_such_checkpoint is not a folder (nor a Hub id)" in result.stderr
 
 
 def test_two_process_cpu_ddp(tmp_path, squad_small_file):

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Optional, Union
 
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HFValidationError
 from transformers.utils import PushToHubMixin
 
 
@@ -200,9 +201,15 @@ class MemoryAdapterConfig(PushToHubMixin):
                 )
             raise ValueError(f"{directory} has no {ADAPTER_CONFIG_NAME}, so it is not a memory adapter folder. {fix}")
         if not os.path.isfile(config_file):
-            config_file = hf_hub_download(
-                str(pretrained_model_name_or_path), ADAPTER_CONFIG_NAME, subfolder=subfolder, **kwargs
-            )
+            try:
+                config_file = hf_hub_download(
+                    str(pretrained_model_name_or_path), ADAPTER_CONFIG_NAME, subfolder=subfolder, **kwargs
+                )
+            except HFValidationError:
+                raise ValueError(
+                    f"{str(pretrained_model_name_or_path)!r} is neither a local folder nor a Hub repository id. Fix: "
+                    "pass the folder that model.save_pretrained(dir) wrote, or a repository id like 'user/adapter'."
+                ) from None
         return cls.from_json_file(config_file)
 
     @classmethod

@@ -129,3 +129,19 @@ def checkpoint_in_output_dir(training_args, overwrite_output_dir: bool) -> str |
     if last_checkpoint is not None:
         logger.info("Resuming from %s (found in output_dir; --overwrite_output_dir starts afresh).", last_checkpoint)
     return last_checkpoint
+
+
+def missing_local_model_path(path: str | None) -> bool:
+    """Whether a `--model_name_or_path`-style value names a local folder that does not exist: a path (`./x`, `/x`,
+    `a/b/c`), not a Hub id (`name`, `user/name`), which the Hub library would reject as a malformed repo id."""
+    return bool(path) and not os.path.isdir(path) and (path.count("/") > 1 or path.startswith((".", "/", "~")))
+
+
+def check_model_paths(**flags: str | None) -> None:
+    """Refuses, before any work, a model/config/tokenizer flag that points at a local folder that does not exist."""
+    for flag, path in flags.items():
+        if missing_local_model_path(path):
+            raise ValueError(
+                f"--{flag} {path} is not a folder (nor a Hub id). Fix: pass an existing checkpoint folder or a Hub "
+                "repository id like 'user/model'."
+            )
