@@ -33,6 +33,10 @@ def write_slices(tmp_path: Path) -> tuple[Path, Path]:
     return train, valid
 
 
+def as_argv(args: dict) -> list[str]:
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))]
+
+
 def base_args(tmp_path: Path) -> dict:
     train, valid = write_slices(tmp_path)
     return {
@@ -138,7 +142,7 @@ def test_rerun_resumes_from_the_last_checkpoint_in_output_dir(tmp_path):
     --output_dir continues from its newest checkpoint instead of starting over (a fresh start with another seed would
     log other losses for steps 1-2)."""
     args = dict(base_args(tmp_path), max_steps=2, logging_steps=1, save_strategy="steps", save_steps=2, do_eval=False)
-    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    argv = as_argv(args)
     out = Path(args["output_dir"])
 
     def logged_losses():
@@ -158,7 +162,7 @@ def test_streaming_trains_and_evaluates_from_a_stream(tmp_path):
     """--streaming (official flag): the text files are read as IterableDatasets, the tokenizer is trained on the
     stream, and the step count must come from --max_steps."""
     args = dict(base_args(tmp_path), streaming=True)
-    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    argv = as_argv(args)
     metrics = run_clm.main(argv)
     assert metrics["train_loss"] > 0 and math.isclose(metrics["perplexity"], math.exp(metrics["eval_loss"]))
     assert "train_samples" not in metrics  # a stream has no length
@@ -174,7 +178,7 @@ def test_streaming_trains_and_evaluates_from_a_stream(tmp_path):
 
 def test_overwrite_output_dir_starts_afresh_and_a_non_empty_folder_needs_it(tmp_path):
     args = dict(base_args(tmp_path), max_steps=2, logging_steps=1, save_strategy="steps", save_steps=2, do_eval=False)
-    argv = [item for key, value in args.items() for item in (f"--{key}", str(value))]
+    argv = as_argv(args)
     out = Path(args["output_dir"])
     run_clm.main(argv)
     run_clm.main([*argv, "--overwrite_output_dir", "True"])
@@ -197,7 +201,7 @@ def test_block_size_follows_the_official_rule(tmp_path):
     short.write_text("Once upon a time.\nThe end.\n", encoding="utf-8")
     args = dict(base_args(tmp_path), train_file=str(short), train_tokenizer_vocab_size=300)
     with pytest.raises(ValueError, match="shorter than one block"):
-        run_clm.main([item for key, value in args.items() for item in (f"--{key}", str(value))])
+        run_clm.main(as_argv(args))
 
 
 def test_validation_split_holds_out_the_first_rows_like_the_official_script(tmp_path):
@@ -222,5 +226,5 @@ def test_csv_files_train_like_text_files(tmp_path):
             writer.writerows([row] for row in rows)
     args = dict(base_args(tmp_path), train_file=str(train.with_suffix(".csv")),
                 validation_file=str(valid.with_suffix(".csv")), max_steps=2)
-    metrics = run_clm.main([item for key, value in args.items() for item in (f"--{key}", str(value))])
+    metrics = run_clm.main(as_argv(args))
     assert metrics["train_loss"] > 0 and metrics["eval_samples"] > 0  # the only column, "story", was read
