@@ -445,8 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     register_memory_transformer()
-    check_model_paths(model_name_or_path=model_args.model_name_or_path, config_name=model_args.config_name,
-                      tokenizer_name=model_args.tokenizer_name)
+    check_model_paths(model_args)
     last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)

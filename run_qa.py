@@ -298,8 +298,7 @@ def main(argv: list[str] | None = None):
             "segments of a document are batched time-step-major with memory carried between them. Lower "
             "--max_seq_length for shorter segments.", data_args.max_seq_length,
         )
-    check_model_paths(model_name_or_path=model_args.model_name_or_path, config_name=model_args.config_name,
-                      tokenizer_name=model_args.tokenizer_name)
+    check_model_paths(model_args)
     last_checkpoint = checkpoint_in_output_dir(training_args, data_args.overwrite_output_dir)
     set_seed(training_args.seed)
 

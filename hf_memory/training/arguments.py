@@ -137,9 +137,11 @@ def missing_local_model_path(path: str | None) -> bool:
     return bool(path) and not os.path.isdir(path) and (path.count("/") > 1 or path.startswith((".", "/", "~")))
 
 
-def check_model_paths(**flags: str | None) -> None:
-    """Refuses, before any work, a model/config/tokenizer flag that points at a local folder that does not exist."""
-    for flag, path in flags.items():
+def check_model_paths(model_args) -> None:
+    """Refuses, before any work, a model/config/tokenizer flag of the scripts' `ModelArguments` that points at a local
+    folder that does not exist."""
+    for flag in ("model_name_or_path", "config_name", "tokenizer_name"):
+        path = getattr(model_args, flag)
         if missing_local_model_path(path):
             raise ValueError(
                 f"--{flag} {path} is not a folder (nor a Hub id). Fix: pass an existing checkpoint folder or a Hub "
