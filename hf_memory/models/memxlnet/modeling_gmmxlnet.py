@@ -87,13 +87,15 @@ def entropy_loss(routing_probs: torch.Tensor, row_mask: torch.Tensor | None = No
 
 
 class GMMXLNetRouter(nn.Module):
-    """Pools slot states (mean, max or learned attention over present slots) and maps them to expert probabilities."""
+    """Pools slot states (mean, max or learned attention over present slots) and maps them to expert probabilities.
+
+    The attention scores have no bias: a softmax over slots ignores a constant shift, so a bias would never learn."""
 
     def __init__(self, config: GMMXLNetConfig):
         super().__init__()
         self.pooling_method = config.pooling_method
         self.temperature = config.routing_temperature
-        self.attention_score = nn.Linear(config.d_model, 1) if config.pooling_method == "attention" else None
+        self.attention_score = nn.Linear(config.d_model, 1, bias=False) if config.pooling_method == "attention" else None
         self.proj = nn.Linear(config.d_model, config.num_memory_experts)
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
