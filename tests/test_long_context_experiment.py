@@ -29,11 +29,15 @@ def bench_module():
 
 
 def test_benchmark_command_runs_every_stage_and_writes_results(bench_module, data_dir, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     results = bench_module.main([
         *TINY_FLAGS, "--data_dir", str(data_dir), "--work_dir", str(tmp_path / "work"),
         "--results_dir", str(tmp_path / "results"), "--results_name", "tiny",
     ])
     saved = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert torch.get_num_threads() == threads  # the experiment's single thread does not leak into the caller
     assert (tmp_path / "results" / "tiny.png").stat().st_size > 0
     assert saved["command"].startswith("python bench/bench_babilong.py --tasks qa1")
     for key in ("config", "warm_start", "models", "total_wall_seconds", "platform", "data_dir"):

@@ -473,6 +473,7 @@ def test_trust_remote_code_loading_without_hf_memory(tmp_path):
         import sys
         sys.modules["hf_memory"] = None
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's: same float reductions, same bits
         from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
                                   AutoModelForTokenClassification)
         expected = torch.load({str(tmp_path / "expected.pt")!r})

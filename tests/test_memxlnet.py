@@ -156,6 +156,7 @@ def test_trust_remote_code_loads_without_hf_memory(tmp_path):
         import sys
         sys.modules["hf_memory"] = None
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's: same float reductions, same bits
         from transformers import AutoModel, AutoModelForQuestionAnswering
         model = AutoModelForQuestionAnswering.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert "transformers_modules" in type(model).__module__, type(model).__module__

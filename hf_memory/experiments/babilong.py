@@ -18,6 +18,7 @@ segment's answer score is compared with the other segments' during training as i
 The benchmark (`bench/bench_babilong.py`) and the demo (`examples/long_context_demo.py`) both call `run_experiment`.
 """
 
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -277,11 +278,27 @@ def exact_match_by_length(run_qa, config, checkpoint: Path, test_files: dict, lo
     return exact
 
 
+@contextlib.contextmanager
+def intra_op_threads(config: BabilongExperimentConfig):
+    """`config.cpu_threads` intra-op threads on CPU (on a shared CPU, more make tiny models many times slower:
+    spin-waiting), and the caller's thread count back afterwards."""
+    previous = torch.get_num_threads()
+    if config.device == "cpu":
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_variant(config, variant: str, warm_start: Path, train_file: Path, test_files: dict, log=print) -> dict:
     """One compared model: `config.memory_steps` of `run_qa.py` from the warm start, then EM by length (runs in a
     worker process when variants train in parallel)."""
-    if config.device == "cpu":
-        torch.set_num_threads(config.cpu_threads)
+    with intra_op_threads(config):
+        return _train_variant(config, variant, warm_start, train_file, test_files, log)
+
+
+def _train_variant(config, variant: str, warm_start: Path, train_file: Path, test_files: dict, log) -> dict:
     run_qa = load_run_qa().main
     flags = VARIANTS[variant]
     if variant != "no_memory":
@@ -300,9 +317,11 @@ def run_experiment(config: BabilongExperimentConfig, log=print) -> dict:
     """Run every stage (skipping those whose outputs exist in `output_dir`) and return the results."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if config.device == "cpu":
-        # On a shared CPU, more than one intra-op thread makes tiny models many times slower (spin-waiting).
-        torch.set_num_threads(config.cpu_threads)
+    with intra_op_threads(config):
+        return _run_stages(config, log)
+
+
+def _run_stages(config: BabilongExperimentConfig, log) -> dict:
     started = time.perf_counter()
     data_dir = find_data_dir(config.data_dir)
     output_dir = Path(config.output_dir)
