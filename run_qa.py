@@ -198,7 +198,7 @@ def build_model(model_args, memory_args, tokenizer):
     config_class, model_class = model_classes(memory_args.model_type)
     memory_options = {
         name: getattr(memory_args, name)
-        for name in ("memory_update", "memory_init", "memory_impl", *GMM_OPTIONS)
+        for name in ("memory_update", "memory_init", "memory_impl", "reading_order", *GMM_OPTIONS)
         if getattr(memory_args, name) is not None
     }
     requested = 0 if memory_args.model_type == "xlnet" else memory_args.memory_num_tokens
@@ -229,6 +229,14 @@ def build_model(model_args, memory_args, tokenizer):
             raise ValueError(
                 f"The checkpoint has memory_num_tokens={current} but --memory_num_tokens {requested} was given. "
                 "Fix: drop --memory_num_tokens, or start from a no-memory checkpoint to add memory."
+            )
+        conflicting = [name for name, value in memory_options.items() if getattr(model.config, name, value) != value]
+        if current and conflicting:
+            name = conflicting[0]
+            raise ValueError(
+                f"--{name} {memory_options[name]} differs from the checkpoint's "
+                f"{name}={getattr(model.config, name)!r}: memory options apply when memory is added to a model. "
+                f"Fix: drop --{name}, or start from a no-memory checkpoint."
             )
         return model
     if requested is None:
@@ -363,6 +371,7 @@ def main(argv: list[str] | None = None):
             max_answer_length=data_args.max_answer_length,
             null_score_diff_threshold=data_args.null_score_diff_threshold,
             null_score_reduction=model.config.null_score_reduction,
+            reading_order=model.config.reading_order,
             output_dir=training_args.output_dir,
             prefix=stage,
         )
@@ -380,7 +389,7 @@ def main(argv: list[str] | None = None):
             scores["exact_match"] = scores["exact"]
         return scores
 
-    collator = SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id)
+    collator = SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id, reading_order=model.config.reading_order)
     trainer = MemoryTrainer(
         model=model,
         args=training_args,

@@ -3,7 +3,8 @@
 
 One command trains a tiny XLNet without memory on 1-segment documents (the shared warm start), then from that same
 checkpoint with the same number of steps on 4-segment documents: no memory, MemXLNet token memory (gated), MemXLNet
-differentiable memory and GMMXLNet (k=4); `--variants` adds `memxlnet_token_gated_replace`. Each model is evaluated
+differentiable memory and GMMXLNet (k=4); `--variants` adds `memxlnet_token_gated_replace` and the same memory reading
+documents backward or in both directions (`..._backward`, `..._bidirectional`). Each model is evaluated
 on held-out stories (the bAbI *_test.txt files) at 1, 2, 4, 8 and 16 segments. All training and evaluation runs go
 through run_qa.py.
 

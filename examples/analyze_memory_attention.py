@@ -41,6 +41,7 @@ from hf_memory import (  # noqa: E402
     train_xlnet_tokenizer,
 )
 from hf_memory.analysis import squad_document_dataloader  # noqa: E402
+from hf_memory.models.memxlnet.qa_processing_memxlnet import reading_passes, reading_steps  # noqa: E402
 from hf_memory.training.arguments import missing_local_model_path  # noqa: E402
 
 
@@ -91,22 +92,26 @@ def load_document(args, tokenizer, config) -> dict:
 
 @torch.no_grad()
 def trace_memory(model, document: dict) -> dict:
-    """Per segment: attention share on each READ token (layers, heads, slots) and the relative change of each slot."""
+    """Per segment (in document order, read as the pass of the model's first memory reads it; a bidirectional model's
+    second memory is not traced): attention share on each READ token (layers, heads, slots) and the relative change
+    of each slot."""
     config = model.config
     read_ids = torch.tensor(config.mem_read_token_ids)
     memory = model.get_initial_memory_state(1)
-    read_attention, slot_updates, real_tokens = [], [], []
-    for step in range(int(document["segment_mask"][0].sum())):
+    num_segments = int(document["segment_mask"][0].sum())
+    read_attention, slot_updates, real_tokens = [None] * num_segments, [None] * num_segments, [None] * num_segments
+    direction, _ = reading_passes(config.reading_order)[-1]
+    for step in reading_steps(num_segments, direction):
         inputs = {key: document[key][:, step] for key in ("input_ids", "attention_mask", "token_type_ids")}
         outputs = model(**inputs, memory_state=memory, output_attentions=True)
         read_one_hot = (inputs["input_ids"][0].unsqueeze(-1) == read_ids).to(torch.float32)  # (L, m)
         query_mask = inputs["attention_mask"][0].to(torch.float32)  # real tokens ask, padding does not
         attention = torch.stack(outputs.attentions)[:, 0]  # (layers, heads, L query, L key)
         per_slot = torch.einsum("hlqk,km->hlqm", attention, read_one_hot)
-        read_attention.append(torch.einsum("hlqm,q->hlm", per_slot, query_mask) / query_mask.sum())
+        read_attention[step] = torch.einsum("hlqm,q->hlm", per_slot, query_mask) / query_mask.sum()
         before, after = model.memory.read(memory)[0], model.memory.read(outputs.memory_state)[0]
-        slot_updates.append((after - before).norm(dim=-1) / before.norm(dim=-1).clamp(min=1e-6))
-        real_tokens.append(int(query_mask.sum()))
+        slot_updates[step] = (after - before).norm(dim=-1) / before.norm(dim=-1).clamp(min=1e-6)
+        real_tokens[step] = int(query_mask.sum())
         memory = outputs.memory_state
     return {
         "read_attention": torch.stack(read_attention),  # (segments, layers, heads, m)

@@ -45,6 +45,13 @@ def test_segment_cap_moves_lost_answers_to_the_null_target():
     assert batch["global_start_positions"].tolist() == [2 * L - 1, 2]
 
 
+def test_backward_reading_puts_the_null_target_in_the_segment_read_last():
+    """Reading last-to-first, a document's first segment has read the others: it holds the no-answer target."""
+    batch = SegmentCollator(PAD, CLS, reading_order="backward")([document(3), document(2, answer_segment=1)])
+    assert batch["global_start_positions"].tolist() == [L - 1, L + 2]
+    assert batch["global_end_positions"].tolist() == [L - 1, L + 3]
+
+
 def test_sampler_is_rank_agnostic_seeded_and_sharded_disjointly():
     counts = np.random.default_rng(0).integers(1, 9, size=50)
     first, second = (SegmentCountGroupedSampler(counts, batch_size=4, seed=3) for _ in range(2))

@@ -247,6 +247,7 @@ def test_trust_remote_code_loads_without_hf_memory(tmp_path):
         import sys
         sys.modules["hf_memory"] = None
         import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's: same float reductions, same bits
         from transformers import AutoModelForQuestionAnswering
         model = AutoModelForQuestionAnswering.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
         assert "transformers_modules" in type(model).__module__, type(model).__module__
@@ -321,3 +322,17 @@ def test_stock_trainer_predictions_are_the_span_logits_only(tmp_path, family):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[], use_cpu=True)
     predictions = Trainer(model=model, args=args).predict(Segments()).predictions
     assert len(predictions) == 2 and all(logits.shape == tuple(ids.shape) for logits in predictions)
+
+
+def test_bidirectional_gmm_reads_backward_with_a_second_expert_memory():
+    """The backward pass of reading_order="bidirectional" has its own k experts and routers: its routing losses
+    train them, not the forward pass's."""
+    model = make_model(reading_order="bidirectional")
+    assert type(model.backward_memory) is type(model.memory)
+    first = model(input_ids=segment(model.config, seed=1), use_backward_memory=True)
+    second = model(input_ids=segment(model.config, seed=2), memory_state=first.memory_state,
+                   use_backward_memory=True, **LABELS)
+    assert second.routing_probs.shape == (2, 4) and second.aux_loss > 0
+    second.loss.backward()
+    assert model.backward_memory.write_router.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.memory.parameters())

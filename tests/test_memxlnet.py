@@ -206,6 +206,35 @@ def test_enable_memory_with_tokenizer_on_a_trained_no_memory_model(xlnet_tokeniz
         model.enable_memory(2)
 
 
+def test_bidirectional_reading_has_a_second_memory_of_its_own(tmp_path):
+    """reading_order="bidirectional": `use_backward_memory=True` reads and writes a second memory, which alone gets
+    that pass's gradients, is added by enable_memory, and round-trips through save/load exactly."""
+    model = make_model(memory_update="gated_replace", reading_order="bidirectional")
+    assert type(model.backward_memory) is type(model.memory)
+    assert not torch.equal(model.backward_memory.initial_memory, model.memory.initial_memory)
+    first_ids, second_ids = segment(model.config, seed=1), segment(model.config, seed=2)
+    labels = dict(start_positions=torch.tensor([5, 7]), end_positions=torch.tensor([6, 9]))
+    first = model(input_ids=first_ids, use_backward_memory=True)
+    model(input_ids=second_ids, memory_state=first.memory_state, use_backward_memory=True, **labels).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backward_memory.parameters())
+    assert all(p.grad is None for p in model.memory.parameters())
+    model.eval().save_pretrained(tmp_path)
+    loaded = AutoModelForQuestionAnswering.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        for backward in (False, True):
+            a, b = (m(input_ids=first_ids, use_backward_memory=backward) for m in (model, loaded))
+            a2 = model(input_ids=second_ids, memory_state=a.memory_state, use_backward_memory=backward)
+            b2 = loaded(input_ids=second_ids, memory_state=b.memory_state, use_backward_memory=backward)
+            torch.testing.assert_close(a2.start_logits, b2.start_logits, rtol=0, atol=0)
+    no_memory = make_model(memory_num_tokens=0)
+    no_memory.enable_memory(3, reading_order="bidirectional")
+    assert no_memory.backward_memory is not None and no_memory.config.reading_order == "bidirectional"
+    with pytest.raises(ValueError, match="needs the second memory of reading_order='bidirectional'"):
+        make_model()(input_ids=first_ids, use_backward_memory=True)
+    with pytest.raises(ValueError, match="memory_num_tokens=0 gives none"):
+        MemXLNetConfig(**TINY, reading_order="bidirectional")
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -213,6 +242,7 @@ def test_enable_memory_with_tokenizer_on_a_trained_no_memory_model(xlnet_tokeniz
         ("memory_init", "random", "Unknown memory_init='random'"),
         ("memory_update", "lstm", "Unknown memory_update='lstm'"),
         ("memory_impl", "ntm", "Unknown memory_impl='ntm'"),
+        ("reading_order", "reverse", "Unknown reading_order='reverse'"),
         ("mem_read_token_ids", [1, 2], "mem_read_token_ids must list memory_num_tokens=3"),
     ],
 )

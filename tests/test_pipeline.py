@@ -26,9 +26,12 @@ from hf_memory.models.memxlnet import pipeline_question_answering
 from hf_memory.models.memxlnet.pipeline_question_answering import MemXLNetQuestionAnsweringPipeline, RunningNBest
 from hf_memory.models.memxlnet.qa_processing_memxlnet import (
     best_spans,
+    last_read_segment,
+    null_score,
     offsets_array,
     postprocess_qa_predictions,
     prepare_qa_features,
+    segment_null_scores,
     span_candidates,
 )
 
@@ -48,11 +51,11 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_memxlnet(tokenizer, memory_num_tokens, seed=0):
+def tiny_memxlnet(tokenizer, memory_num_tokens, seed=0, **overrides):
     read_ids, write_ids = add_memory_tokens(tokenizer, memory_num_tokens) if memory_num_tokens else (None, None)
     config = MemXLNetConfig(
         vocab_size=len(tokenizer), d_model=32, n_layer=2, n_head=2, d_inner=64, memory_num_tokens=memory_num_tokens,
-        mem_read_token_ids=read_ids, mem_write_token_ids=write_ids, pad_token_id=tokenizer.pad_token_id,
+        mem_read_token_ids=read_ids, mem_write_token_ids=write_ids, pad_token_id=tokenizer.pad_token_id, **overrides,
     )
     torch.manual_seed(seed)
     return MemXLNetForQuestionAnswering(config).eval()
@@ -76,6 +79,26 @@ def memory_checkpoint(tmp_path_factory, xlnet_tokenizer_dir):
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def reading_checkpoint(tmp_path_factory, xlnet_tokenizer_dir, reading_order):
+    """A memory checkpoint reading documents in `reading_order`, null score at the segment read last."""
+    tokenizer = AutoTokenizer.from_pretrained(xlnet_tokenizer_dir)
+    model = tiny_memxlnet(tokenizer, MEMORY_TOKENS, seed=1, reading_order=reading_order, null_score_reduction="last")
+    directory = tmp_path_factory.mktemp(f"memxlnet_qa_{reading_order}")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def backward_checkpoint(tmp_path_factory, xlnet_tokenizer_dir):
+    return reading_checkpoint(tmp_path_factory, xlnet_tokenizer_dir, "backward")
+
+
+@pytest.fixture(scope="module")
+def bidirectional_checkpoint(tmp_path_factory, xlnet_tokenizer_dir):
+    return reading_checkpoint(tmp_path_factory, xlnet_tokenizer_dir, "bidirectional")
 
 
 @pytest.fixture(scope="module")
@@ -162,21 +185,31 @@ def assert_same_answers(got, want):
 
 
 def manual_memory_logits(model, tokenizer, example, carry_memory=True):
-    """Reference: the documented segment layout, one segment at a time, one document at a time."""
+    """Reference: the documented segment layout, one segment at a time in the model's reading order (bidirectional:
+    backward with the second memory, then forward, span logits summed), one document at a time; logits in document
+    order."""
     rows = prepare_qa_features(
         tokenizer, [example["question"]], [example["context"]], max_seq_length=SEGMENTING["max_seq_len"],
         doc_stride=SEGMENTING["doc_stride"], max_query_length=SEGMENTING["max_question_len"],
         memory_read_ids=model.config.mem_read_token_ids, memory_write_ids=model.config.mem_write_token_ids,
     )
-    memory, starts, ends = None, [], []
-    with torch.no_grad():
-        for ids, mask, types in zip(rows["input_ids"][0], rows["attention_mask"][0], rows["token_type_ids"][0]):
-            out = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask]),
-                        token_type_ids=torch.tensor([types]), memory_state=memory if carry_memory else None)
-            memory = out.memory_state
-            starts.append(out.start_logits[0])
-            ends.append(out.end_logits[0])
-    return torch.stack(starts), torch.stack(ends), rows
+    segments = list(zip(rows["input_ids"][0], rows["attention_mask"][0], rows["token_type_ids"][0]))
+    forward, backward = range(len(segments)), range(len(segments) - 1, -1, -1)
+    passes = {"forward": [(forward, False)], "backward": [(backward, False)],
+              "bidirectional": [(backward, True), (forward, False)]}[model.config.reading_order]
+    start, end = 0, 0
+    for order, use_backward_memory in passes:
+        memory, starts, ends = None, [None] * len(segments), [None] * len(segments)
+        with torch.no_grad():
+            for index in order:
+                ids, mask, types = segments[index]
+                out = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask]),
+                            token_type_ids=torch.tensor([types]), memory_state=memory if carry_memory else None,
+                            use_backward_memory=use_backward_memory)
+                memory = out.memory_state
+                starts[index], ends[index] = out.start_logits[0], out.end_logits[0]
+        start, end = start + torch.stack(starts), end + torch.stack(ends)
+    return start, end, rows
 
 
 def logits_per_document(pipe, documents, batch_size):
@@ -205,6 +238,30 @@ def test_documents_batched_time_step_major_carry_their_own_memory(memory_pipe, l
             assert (forgetful_start[1:] - start[1:]).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("checkpoint", ["backward_checkpoint", "bidirectional_checkpoint"])
+def test_backward_and_bidirectional_reading_carry_memory_from_later_segments(checkpoint, long_examples, request):
+    """reading_order="backward": the last segment is read first (memory has nothing to add to it) and every earlier
+    segment reads what the later ones wrote; "bidirectional" adds a forward pass with the first memory, so every
+    segment hears from both sides. Batched documents of different lengths each start at their own end."""
+    checkpoint = request.getfixturevalue(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = MemXLNetForQuestionAnswering.from_pretrained(checkpoint).eval()
+    pipe = MemXLNetQuestionAnsweringPipeline(model=model, tokenizer=tokenizer, device=-1)
+    documents = [pipe.preprocess(example, **SEGMENTING) for example in long_examples]
+    assert len({document["num_segments"] for document in documents}) >= 3
+    starts, ends = logits_per_document(pipe, documents, batch_size=len(documents))
+    for example, start, end in zip(long_examples, starts, ends):
+        reference_start, reference_end, _ = manual_memory_logits(model, tokenizer, example)
+        torch.testing.assert_close(start, reference_start, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(end, reference_end, atol=1e-5, rtol=1e-5)
+        forgetful_start, _, _ = manual_memory_logits(model, tokenizer, example, carry_memory=False)
+        changed = (forgetful_start - start).abs().amax(-1) > 1e-4
+        if model.config.reading_order == "backward":  # only segments read after another one change
+            assert changed.tolist() == [True] * (len(start) - 1) + [False]
+        else:
+            assert changed.all() or len(start) == 1
+
+
 def test_segments_built_per_pass_equal_prepare_qa_features(memory_pipe, long_examples):
     """The pipeline keeps only the context's token arrays; the segments it builds are run_qa.py's, exactly."""
     config, tokenizer = memory_pipe.model.config, memory_pipe.tokenizer
@@ -227,20 +284,28 @@ def test_segments_built_per_pass_equal_prepare_qa_features(memory_pipe, long_exa
     )
 
 
-def test_running_nbest_equals_best_spans_over_all_segments():
-    """Merging segments' candidates pass by pass keeps exactly the spans best_spans picks at once, ties included."""
+@pytest.mark.parametrize("reading_order", ["forward", "backward"])
+@pytest.mark.parametrize("reduction", ["min", "last"])
+def test_running_nbest_equals_best_spans_over_all_segments(reading_order, reduction):
+    """Merging segments' candidates pass by pass, in either reading order, keeps exactly the spans best_spans picks
+    at once, ties included, and the null score run_qa's postprocessing reads."""
     rng = np.random.default_rng(0)
     start, end = rng.integers(-3, 3, (9, 24)).astype(np.float64), rng.integers(-3, 3, (9, 24)).astype(np.float64)
     mask = rng.random((9, 24)) > 0.3
+    cls = rng.integers(0, 24, 9)
     expected = best_spans(start, end, mask, 20, 5)
     candidates = span_candidates(start, end, mask, 20, 5)
     candidates["segment"] = np.broadcast_to(np.arange(9)[:, None], candidates["score"].shape)
-    running = RunningNBest(20, "min")
-    for part in (slice(0, 1), slice(1, 4), slice(4, 5), slice(5, 9)):
-        running.update({name: value[part] for name, value in candidates.items()})
+    nulls = segment_null_scores(start, end, cls)
+    running = RunningNBest(20, reduction, int(last_read_segment(9, reading_order)))
+    parts = [slice(0, 1), slice(1, 4), slice(4, 5), slice(5, 9)]
+    for part in parts if reading_order == "forward" else parts[::-1]:
+        running.update({name: value[part] for name, value in candidates.items()}, nulls[part])
     finite = np.isfinite(running.kept["score"])
     got = zip(*(running.kept[name][finite].tolist() for name in ("segment", "start", "end")))
     assert list(got) == expected and len(expected) == 20
+    assert running.null == null_score(start, end, cls, reduction, reading_order)
+    assert reduction == "min" or running.null == nulls[8 if reading_order == "forward" else 0]
 
 
 @pytest.mark.parametrize("piece_chars", [40, 1 << 14])
@@ -455,10 +520,12 @@ def test_loads_with_pipeline_in_a_fresh_process_without_hf_memory(memory_checkpo
         assert_same_answers(got, want)
 
 
-def test_pipeline_equals_run_qa_eval_predictions(memory_checkpoint, squad_small_file, squad_examples, tmp_path):
+@pytest.mark.parametrize("checkpoint", ["memory_checkpoint", "backward_checkpoint", "bidirectional_checkpoint"])
+def test_pipeline_equals_run_qa_eval_predictions(checkpoint, squad_small_file, squad_examples, tmp_path, request):
+    checkpoint = request.getfixturevalue(checkpoint)
     output_dir = tmp_path / "run_qa"
     command = [
-        sys.executable, str(REPO_ROOT / "run_qa.py"), "--model_name_or_path", str(memory_checkpoint),
+        sys.executable, str(REPO_ROOT / "run_qa.py"), "--model_name_or_path", str(checkpoint),
         "--validation_file", str(squad_small_file), "--do_eval", "--version_2_with_negative",
         "--max_eval_samples", str(RUN_QA_EVAL_SAMPLES), "--max_seq_length", "64", "--doc_stride", "16",
         "--max_query_length", "16", "--max_answer_length", "30", "--n_best_size", "20",
@@ -471,7 +538,7 @@ def test_pipeline_equals_run_qa_eval_predictions(memory_checkpoint, squad_small_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     expected = json.loads((output_dir / "eval_predictions.json").read_text())
     assert len(expected) == RUN_QA_EVAL_SAMPLES and any(expected.values())
-    pipe = pipeline("question-answering", model=str(memory_checkpoint), trust_remote_code=True, device=-1)
+    pipe = pipeline("question-answering", model=str(checkpoint), trust_remote_code=True, device=-1)
     examples = [example for example in squad_examples if example["id"] in expected]
     answers = pipe(examples, max_seq_len=64, doc_stride=16, max_question_len=16, max_answer_len=30,
                    handle_impossible_answer=True, align_to_words=False, batch_size=4)

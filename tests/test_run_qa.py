@@ -87,14 +87,21 @@ def test_adding_memory_to_a_checkpoint_then_loading_it_as_remote_code(no_memory_
         "--validation_file", squad_small_file, "--test_file", squad_small_file, "--version_2_with_negative", "True",
         "--max_train_samples", "16", "--max_eval_samples", "8", "--max_predict_samples", "8",
         "--do_train", "--do_eval", "--do_predict", "--num_train_epochs", "1", "--bptt_depth", "1",
-        "--use_global_softmax", "True", "--pad_to_max_length", "False", "--output_dir", output, *TINY[2:],
+        "--use_global_softmax", "True", "--pad_to_max_length", "False", "--reading_order", "backward",
+        "--output_dir", output, *TINY[2:],
     ]
     result = run(args)
     check_ok(result)
     assert "--pad_to_max_length False has no effect" in result.stdout  # an official flag we cannot honour warns
     config = json.loads((output / "config.json").read_text())
     assert config["memory_num_tokens"] == 2 and len(config["mem_read_token_ids"]) == 2
-    assert config["null_score_reduction"] == "last"  # global softmax: the last segment holds the no-answer score
+    # global softmax: the segment read last (the first one, reading backward) holds the no-answer score
+    assert config["null_score_reduction"] == "last" and config["reading_order"] == "backward"
+    # memory options shape the memory added to a model: on a memory checkpoint a different value is refused
+    result = run(["--model_name_or_path", output, "--memory_update", "none", "--validation_file", squad_small_file,
+                  "--do_eval", "--output_dir", tmp_path / "refused"], timeout=120)
+    assert result.returncode != 0
+    assert "--memory_update none differs from the checkpoint's memory_update='gated'" in result.stderr
     assert "AutoModelForQuestionAnswering" in config["auto_map"]
     assert (output / "predict_predictions.json").is_file()
     # a fresh process where hf_memory cannot be imported loads the checkpoint through trust_remote_code
@@ -130,6 +137,9 @@ def test_bad_input_fails_early_with_a_clear_message(tmp_path):
     result = run(["--model_name_or_path", tmp_path / "no_such_checkpoint", "--train_file", missing, "--do_train",
                   "--output_dir", tmp_path / "out"], timeout=120)
     assert result.returncode != 0 and "no_such_checkpoint is not a folder (nor a Hub id)" in result.stderr
+    result = run(["--reading_order", "sideways", "--train_file", missing, "--do_train", "--output_dir",
+                  tmp_path / "out"], timeout=120)
+    assert result.returncode != 0 and "Unknown reading_order='sideways'" in result.stderr
 
 
 def test_two_process_cpu_ddp(tmp_path, squad_small_file):

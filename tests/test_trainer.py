@@ -1,5 +1,5 @@
-"""MemoryTrainer: gradients equal a hand-written reference (full and truncated BPTT, global softmax), gradient
-accumulation, and resume_from_checkpoint reproducing an uninterrupted run exactly."""
+"""MemoryTrainer: gradients equal a hand-written reference (full and truncated BPTT, global softmax, both reading
+orders), gradient accumulation, and resume_from_checkpoint reproducing an uninterrupted run exactly."""
 
 import datasets
 import numpy as np
@@ -46,33 +46,45 @@ def make_trainer(setup, output_dir, **overrides):
         "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "seed": 7, "use_cpu": True,
     }
     trainer_options = {key: overrides.pop(key) for key in ("bptt_depth", "use_global_softmax") if key in overrides}
+    reading_order = overrides.pop("reading_order", "forward")
     options.update(overrides)
+    model = tiny_model(tokenizer, read_ids, write_ids, reading_order=reading_order)
     return MemoryTrainer(
-        model=tiny_model(tokenizer, read_ids, write_ids),
+        model=model,
         args=TrainingArguments(output_dir=str(output_dir), **options),
         train_dataset=dataset,
-        data_collator=SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id),
+        data_collator=SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id, reading_order=reading_order),
         **trainer_options,
     )
 
 
-def reference_gradients(model, batch, bptt_depth, use_global_softmax):
-    """Hand-written loop: loss over the document, memory detached every `bptt_depth` segments."""
+READING_PASSES = {  # (segment order, use_backward_memory) of each pass, written out independently of the package
+    "forward": [(False, False)],
+    "backward": [(True, False)],
+    "bidirectional": [(True, True), (False, False)],
+}
+
+
+def reference_gradients(model, batch, bptt_depth, use_global_softmax, reading_order="forward"):
+    """Hand-written loop: loss over the document read in `reading_order` (bidirectional: a backward pass with the
+    second memory, then a forward pass, span logits summed), memory detached every `bptt_depth` segments read."""
     model.zero_grad()
-    memory, starts, ends = None, [], []
     num_steps = batch["input_ids"].shape[1]
-    for step in range(num_steps):
-        if bptt_depth and step and step % bptt_depth == 0:
-            memory = memory.detach()
-        out = model(
-            input_ids=batch["input_ids"][:, step], attention_mask=batch["attention_mask"][:, step],
-            token_type_ids=batch["token_type_ids"][:, step], memory_state=memory,
-            segment_mask=batch["segment_mask"][:, step],
-        )
-        memory = out.memory_state
-        starts.append(out.start_logits)
-        ends.append(out.end_logits)
-    start, end = torch.stack(starts, 1), torch.stack(ends, 1)
+    start, end = 0, 0
+    for reverse, use_backward_memory in READING_PASSES[reading_order]:
+        memory, starts, ends = None, [None] * num_steps, [None] * num_steps
+        order = range(num_steps - 1, -1, -1) if reverse else range(num_steps)
+        for read, step in enumerate(order):
+            if bptt_depth and read and read % bptt_depth == 0:
+                memory = memory.detach()
+            out = model(
+                input_ids=batch["input_ids"][:, step], attention_mask=batch["attention_mask"][:, step],
+                token_type_ids=batch["token_type_ids"][:, step], memory_state=memory,
+                segment_mask=batch["segment_mask"][:, step], use_backward_memory=use_backward_memory,
+            )
+            memory = out.memory_state
+            starts[step], ends[step] = out.start_logits, out.end_logits
+        start, end = start + torch.stack(starts, 1), end + torch.stack(ends, 1)
     if use_global_softmax:
         loss = global_softmax_loss(
             start, end, batch["global_start_positions"], batch["global_end_positions"], batch["segment_mask"]
@@ -86,15 +98,22 @@ def reference_gradients(model, batch, bptt_depth, use_global_softmax):
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, loss.detach()
 
 
-@pytest.mark.parametrize("bptt_depth,use_global_softmax", [(0, False), (1, False), (2, False), (0, True), (1, True)])
-def test_training_step_gradients_match_reference(setup, tmp_path, bptt_depth, use_global_softmax):
-    trainer = make_trainer(setup, tmp_path, bptt_depth=bptt_depth, use_global_softmax=use_global_softmax)
+@pytest.mark.parametrize(
+    "bptt_depth,use_global_softmax,reading_order",
+    [(0, False, "forward"), (1, False, "forward"), (2, False, "forward"), (0, True, "forward"), (1, True, "forward"),
+     (0, False, "backward"), (2, False, "backward"), (0, True, "backward"), (2, True, "backward"),
+     (0, False, "bidirectional"), (0, True, "bidirectional"), (2, True, "bidirectional")],
+)
+def test_training_step_gradients_match_reference(setup, tmp_path, bptt_depth, use_global_softmax, reading_order):
+    trainer = make_trainer(
+        setup, tmp_path, bptt_depth=bptt_depth, use_global_softmax=use_global_softmax, reading_order=reading_order
+    )
     dataset = setup[3]
     order = np.argsort(dataset["num_segments"])[::-1][:3].tolist()  # the longest documents
     batch = trainer.data_collator([dataset[i] for i in order])
-    assert batch["input_ids"].shape[1] >= 3
+    assert batch["input_ids"].shape[1] >= 3 and len(set(batch["segment_mask"].sum(-1).tolist())) > 1
     model = trainer.model
-    expected, expected_loss = reference_gradients(model, batch, bptt_depth, use_global_softmax)
+    expected, expected_loss = reference_gradients(model, batch, bptt_depth, use_global_softmax, reading_order)
     model.zero_grad()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
     loss = trainer.training_step(model, batch)
@@ -103,8 +122,10 @@ def test_training_step_gradients_match_reference(setup, tmp_path, bptt_depth, us
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
-    # the learned initial memory gets gradient only through segments it reaches
+    # the learned initial memory gets gradient only through segments it reaches; so does the backward pass's own
     assert model.memory.initial_memory.grad.abs().sum() > 0
+    if reading_order == "bidirectional":
+        assert model.backward_memory.initial_memory.grad.abs().sum() > 0
 
 
 def test_truncation_changes_the_memory_gradient(setup, tmp_path):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.memxlnet.modeling_gmmxlnet import GMMXLNetExpertMemory, routing_entropy
+from ..models.memxlnet.qa_processing_memxlnet import reading_passes, reading_steps
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -84,7 +85,9 @@ class GMMAnalyzer:
         document_index = torch.arange(self._num_documents, self._num_documents + batch_size)
         self._num_documents += batch_size
         memory = None
-        for step in range(num_steps):
+        # the pass of the model's (first) memory, which a bidirectional model makes last
+        direction, _ = reading_passes(getattr(self.model.config, "reading_order", "forward"))[-1]
+        for step in reading_steps(num_steps, direction):
             active = segment_mask[:, step]
             if max_segments is not None:
                 room = max_segments - self.total_segments
@@ -219,5 +222,7 @@ def squad_document_dataloader(
         max_n_segs=max_n_segs, max_query_length=max_query_length, memory_read_ids=config.mem_read_token_ids,
         memory_write_ids=config.mem_write_token_ids,
     )
-    collator = SegmentCollator(tokenizer.pad_token_id, tokenizer.cls_token_id)
+    collator = SegmentCollator(
+        tokenizer.pad_token_id, tokenizer.cls_token_id, reading_order=getattr(config, "reading_order", "forward")
+    )
     return DataLoader(features, batch_size=batch_size, collate_fn=collator)

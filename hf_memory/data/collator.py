@@ -21,13 +21,17 @@ class SegmentCollator:
 
     `max_segments` (mutable, set by the progressive-segments callback) keeps the first segments of each document;
     labels of an answer beyond the cut become the <cls> index and the global labels are recomputed. String columns
-    and `offset_mapping` are dropped (they are only needed by the postprocessing).
+    and `offset_mapping` are dropped (they are only needed by the postprocessing). `reading_order` (the model's
+    `config.reading_order`) says which segment is read last, whose <cls> is the global no-answer target.
     """
 
-    def __init__(self, pad_token_id: int, cls_token_id: int, max_segments: int | None = None):
+    def __init__(
+        self, pad_token_id: int, cls_token_id: int, max_segments: int | None = None, reading_order: str = "forward"
+    ):
         self.pad_token_id = pad_token_id
         self.cls_token_id = cls_token_id
         self.max_segments = max_segments
+        self.reading_order = reading_order
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         counts = np.array([f["num_segments"] for f in features])
@@ -54,7 +58,7 @@ class SegmentCollator:
         segment_mask = np.arange(num_steps)[None, :] < counts[:, None]
         if with_labels:
             batch["global_start_positions"], batch["global_end_positions"] = global_span_labels(
-                batch["start_positions"], batch["end_positions"], counts, seq_len - 1
+                batch["start_positions"], batch["end_positions"], counts, seq_len - 1, self.reading_order
             )
         tensors = {key: torch.from_numpy(value) for key, value in batch.items()}
         tensors["segment_mask"] = torch.from_numpy(segment_mask)

@@ -31,6 +31,7 @@ def postprocess_and_save(
     max_answer_length: int,
     null_score_diff_threshold: float,
     null_score_reduction: str = "min",
+    reading_order: str = "forward",
     output_dir: str | None = None,
     prefix: str = "eval",
 ) -> dict:
@@ -57,6 +58,7 @@ def postprocess_and_save(
         max_answer_length=max_answer_length,
         null_score_diff_threshold=null_score_diff_threshold,
         null_score_reduction=null_score_reduction,
+        reading_order=reading_order,
     )
     if version_2_with_negative:
         result["metric_predictions"] = [

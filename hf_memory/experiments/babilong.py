@@ -48,9 +48,17 @@ VARIANTS = {
     "memxlnet_token_gated_replace": [
         "--model_type", "memxlnet", "--memory_impl", "token", "--memory_update", "gated_replace",
     ],
+    "memxlnet_token_gated_replace_backward": [
+        "--model_type", "memxlnet", "--memory_impl", "token", "--memory_update", "gated_replace",
+        "--reading_order", "backward",
+    ],
+    "memxlnet_token_gated_replace_bidirectional": [
+        "--model_type", "memxlnet", "--memory_impl", "token", "--memory_update", "gated_replace",
+        "--reading_order", "bidirectional",
+    ],
 }
-# The benchmark's models; the gated-replace token memory (longer-document generalisation) is opt-in, which keeps the
-# default run under an hour on 2 CPU cores.
+# The benchmark's models; the gated-replace token memory and its backward and bidirectional readings (longer-document
+# generalisation) are opt-in, which keeps the default run under an hour on 2 CPU cores.
 DEFAULT_VARIANTS = ["no_memory", "memxlnet_token_gated", "memxlnet_differentiable", "gmmxlnet_k4"]
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..models.memxlnet.configuration_memxlnet import READING_ORDERS
+
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("memxlnet", "gmmxlnet", "xlnet")
@@ -39,6 +41,15 @@ class MemoryArguments:
     )
     memory_init: str | None = field(default=None, metadata={"help": "learned or zeros (default: the config's)."})
     memory_impl: str | None = field(default=None, metadata={"help": "token or differentiable (default: the config's)."})
+    reading_order: str | None = field(
+        default=None,
+        metadata={
+            "help": "forward, backward or bidirectional: the order in which the segments of a document are read, the "
+            "memory carried from each to the next (default: the checkpoint's, else forward). Backward lets a segment "
+            "know what the document says after it; bidirectional reads both ways with two memories and sums the "
+            "span logits."
+        },
+    )
     max_n_segs: int | None = field(
         default=None, metadata={"help": "Keep at most this many segments per document (the rest is dropped, counted)."}
     )
@@ -78,6 +89,10 @@ class MemoryArguments:
         given = [name for name in GMM_OPTIONS if getattr(self, name) is not None]
         if given and self.model_type != "gmmxlnet":
             raise ValueError(f"--{given[0]} only applies to GMM memory. Fix: add --model_type gmmxlnet.")
+        if self.reading_order not in (None, *READING_ORDERS):
+            raise ValueError(
+                f"Unknown reading_order={self.reading_order!r}. Fix: use one of {', '.join(READING_ORDERS)}."
+            )
         if self.model_type == "xlnet" and self.memory_num_tokens:
             raise ValueError("model_type='xlnet' is the no-memory baseline. Fix: drop --memory_num_tokens or use memxlnet.")
         for name in ("max_n_segs", "bptt_depth", "warmup_freeze_base_epochs", "warmup_disable_global_softmax_epochs"):

@@ -1,9 +1,10 @@
 """`MemoryTrainer`: the HF Trainer, running each batch of documents segment by segment with a carried memory.
 
-Batches come from `SegmentCollator` (`[batch, segments, seq_len]` + `segment_mask`). Training backpropagates
-through the memory across segments (full BPTT, or windows of `bptt_depth` segments). Evaluation and prediction
-carry the memory too, and return per-segment logits `(documents, segments, seq_len)` for the postprocessing
-(the `QuestionAnsweringTrainer` pattern of the official examples).
+Batches come from `SegmentCollator` (`[batch, segments, seq_len]` + `segment_mask`). Segments are read in the model's
+`config.reading_order` (first to last, last to first, or both, summing the span logits of the two passes). Training backpropagates through the memory across segments
+(full BPTT, or windows of `bptt_depth` segments). Evaluation and prediction carry the memory too, and return
+per-segment logits `(documents, segments, seq_len)` in document order for the postprocessing (the
+`QuestionAnsweringTrainer` pattern of the official examples).
 """
 
 import contextlib
@@ -17,6 +18,7 @@ from transformers.trainer_utils import PredictionOutput, speed_metrics
 
 from ..data.collator import SegmentCountGroupedSampler
 from ..model_cards import TrainerModelCardMixin
+from ..models.memxlnet.qa_processing_memxlnet import reading_passes, reading_steps
 from .callbacks import SamplerEpochCallback
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -88,26 +90,32 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
         )
         return self.segment_sampler
 
-    def _run_segments(self, model, inputs, steps, memory):
-        """Forward segments `steps` of every document, carrying memory. Returns start/end logits, the memory and
-        the model's auxiliary loss (`outputs.aux_loss`, e.g. GMM routing losses) summed over `steps` divided by the
-        number of segments, so that windows add up like the span loss (0 for models without one)."""
+    def _run_segments(self, model, inputs, steps, memory, use_backward_memory=False):
+        """Forward segments `steps` of every document in that order, carrying memory. Returns start/end logits (in
+        document order, whatever the reading order), the memory and the model's auxiliary loss (`outputs.aux_loss`,
+        e.g. GMM routing losses) summed over `steps` divided by the number of segments, so that windows add up like
+        the span loss (0 for models without one)."""
         starts, ends, aux_loss = [], [], 0.0
         for step in steps:
             outputs = model(
                 **{key: inputs[key][:, step] for key in MODEL_INPUT_KEYS if key in inputs},
                 memory_state=memory,
                 segment_mask=inputs["segment_mask"][:, step],
+                use_backward_memory=use_backward_memory,
             )
             starts.append(outputs.start_logits)
             ends.append(outputs.end_logits)
             memory = outputs.memory_state
             if getattr(outputs, "aux_loss", None) is not None:
                 aux_loss = aux_loss + outputs.aux_loss / inputs["input_ids"].shape[1]
-        return torch.stack(starts, 1), torch.stack(ends, 1), memory, aux_loss
+        in_document_order = sorted(range(len(steps)), key=steps.__getitem__)
+        start_logits = torch.stack([starts[i] for i in in_document_order], 1)
+        end_logits = torch.stack([ends[i] for i in in_document_order], 1)
+        return start_logits, end_logits, memory, aux_loss
 
     def _loss(self, start_logits, end_logits, inputs, steps):
-        """Loss of the segments `steps` (all of them for the global softmax)."""
+        """Loss of the segments `steps` (all of them for the global softmax), logits in document order."""
+        steps = sorted(steps)
         mask = inputs["segment_mask"][:, steps]
         if self.global_softmax_active:
             return global_softmax_loss(
@@ -122,37 +130,55 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
             inputs["segment_mask"].sum(-1),
         )
 
-    def _windows(self, num_steps: int) -> list[list[int]]:
-        depth = self.bptt_depth or num_steps
-        return [list(range(first, min(first + depth, num_steps))) for first in range(0, num_steps, depth)]
+    def _passes(self) -> tuple[tuple[str, bool], ...]:
+        """`(direction, use_backward_memory)` of the model's passes over a document (`config.reading_order`)."""
+        return reading_passes(getattr(self.model.config, "reading_order", "forward"))
+
+    def _windows(self, num_steps: int, direction: str) -> list[list[int]]:
+        """Truncated-BPTT windows of `bptt_depth` segments, in the order a pass in `direction` reads them."""
+        steps, depth = reading_steps(num_steps, direction), self.bptt_depth or num_steps
+        return [steps[first:first + depth] for first in range(0, num_steps, depth)]
+
+    def _read_documents(self, model, inputs):
+        """Span logits of every segment (document order) summed over the model's passes, and their auxiliary loss;
+        the memory is detached between BPTT windows."""
+        num_steps = inputs["input_ids"].shape[1]
+        start, end, aux_loss = 0.0, 0.0, 0.0
+        for direction, use_backward_memory in self._passes():
+            windows, memory, pieces = self._windows(num_steps, direction), None, {}
+            for steps in windows:
+                *pieces[min(steps)], memory, window_aux_loss = self._run_segments(
+                    model, inputs, steps, memory, use_backward_memory
+                )
+                memory = None if memory is None else memory.detach()
+                aux_loss = aux_loss + window_aux_loss
+            start = start + torch.cat([pieces[first][0] for first in sorted(pieces)], 1)
+            end = end + torch.cat([pieces[first][1] for first in sorted(pieces)], 1)
+        return start, end, aux_loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
         inputs = self._prepare_inputs(inputs)
-        windows = self._windows(inputs["input_ids"].shape[1])
+        num_steps = inputs["input_ids"].shape[1]
         scale = self.current_gradient_accumulation_steps
-        if self.global_softmax_active:
-            # The document loss needs every segment's logits: one backward, memory detached between windows.
+        passes = self._passes()
+        if self.global_softmax_active or len(passes) > 1:
+            # The loss needs every segment's logits (a document softmax, or the passes summed): one backward.
             with self.compute_loss_context_manager():
-                starts, ends, memory, aux_loss = [], [], None, 0.0
-                for steps in windows:
-                    start, end, memory, window_aux_loss = self._run_segments(model, inputs, steps, memory)
-                    memory = None if memory is None else memory.detach()
-                    starts.append(start)
-                    ends.append(end)
-                    aux_loss = aux_loss + window_aux_loss
-                all_steps = [step for steps in windows for step in steps]
-                loss = self._loss(torch.cat(starts, 1), torch.cat(ends, 1), inputs, all_steps) + aux_loss
+                start, end, aux_loss = self._read_documents(model, inputs)
+                loss = self._loss(start, end, inputs, list(range(num_steps))) + aux_loss
             loss = loss / scale
             self.accelerator.backward(loss)
             return loss.detach()
+        (direction, use_backward_memory), = passes
+        windows = self._windows(num_steps, direction)
         total, memory = torch.zeros((), device=self.args.device), None
         for index, steps in enumerate(windows):
             # Under DDP only the last window may synchronise; forward AND backward of the others sit in no_sync.
             last = index == len(windows) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
                 with self.compute_loss_context_manager():
-                    start, end, memory, aux_loss = self._run_segments(model, inputs, steps, memory)
+                    start, end, memory, aux_loss = self._run_segments(model, inputs, steps, memory, use_backward_memory)
                     loss = (self._loss(start, end, inputs, steps) + aux_loss) / scale
                 self.accelerator.backward(loss)
             memory = None if memory is None else memory.detach()
@@ -161,12 +187,11 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
-        steps = list(range(inputs["input_ids"].shape[1]))
         with torch.no_grad(), self.compute_loss_context_manager():
-            start, end, _, _ = self._run_segments(model, inputs, steps, None)
+            start, end, _ = self._read_documents(model, inputs)
             loss = None
             if "start_positions" in inputs:
-                loss = self._loss(start, end, inputs, steps).detach()
+                loss = self._loss(start, end, inputs, list(range(inputs["input_ids"].shape[1]))).detach()
         if prediction_loss_only:
             return loss, None, None
         return loss, (start.float(), end.float()), None

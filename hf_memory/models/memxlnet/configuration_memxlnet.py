@@ -15,6 +15,7 @@ MEMORY_INITS = ("learned", "zeros")
 MEMORY_UPDATES = ("gated", "gated_replace", "none")
 MEMORY_IMPLS = ("token", "differentiable")
 NULL_SCORE_REDUCTIONS = ("min", "last")
+READING_ORDERS = ("forward", "backward", "bidirectional")
 # `pipeline("question-answering", model=<checkpoint>, trust_remote_code=True)` resolves the task through this entry.
 QUESTION_ANSWERING_PIPELINE = {
     "impl": "pipeline_question_answering.MemXLNetQuestionAnsweringPipeline",
@@ -60,6 +61,16 @@ class MemXLNetConfig(XLNetConfig):
             Which segment's `<cls>` score is a document's no-answer score at inference: `"min"` over segments (as
             the official run_qa, for per-segment training) or `"last"` (the last segment, which has read the whole
             document; set by run_qa.py for global-softmax training). Used by run_qa.py and the QA pipeline.
+        reading_order (`str`, *optional*, defaults to `"forward"`):
+            Order in which the segments of a document are read, the memory carried from each to the next:
+            `"forward"` (first to last), `"backward"` (last to first) or `"bidirectional"` (both: a second memory of
+            the same kind reads the document backward, then the first reads it forward, and each segment's span
+            logits are the sum of its two readings). Reading backward, a segment sees through memory what the
+            document says after it, so a passage can tell that it has been superseded; reading forward, a later
+            passage can tell that it supersedes an earlier one. On BABILong-style qa1 the two make opposite errors,
+            and bidirectional reading generalises furthest (README). The trainer, run_qa.py and the QA pipeline read
+            documents in this order; the `"last"` segment of `null_score_reduction` is the one read last (the first
+            segment when reading backward, else the last).
 
     When the token ids are not given, `vocab_size` is grown by 2m so that the memory tokens appended by
     `hf_memory.add_memory_tokens` to a tokenizer of the base vocabulary line up with the embedding matrix.
@@ -89,6 +100,7 @@ class MemXLNetConfig(XLNetConfig):
     mem_read_token_ids: list[int] | None = None
     mem_write_token_ids: list[int] | None = None
     null_score_reduction: str = "min"
+    reading_order: str = "forward"
 
     def __post_init__(self, **kwargs):
         self._validate_memory_fields()
@@ -125,9 +137,15 @@ class MemXLNetConfig(XLNetConfig):
             ("memory_update", self.memory_update, MEMORY_UPDATES),
             ("memory_impl", self.memory_impl, MEMORY_IMPLS),
             ("null_score_reduction", self.null_score_reduction, NULL_SCORE_REDUCTIONS),
+            ("reading_order", self.reading_order, READING_ORDERS),
         ):
             if value not in allowed:
                 raise ValueError(f"Unknown {field}={value!r}. Fix: use one of {', '.join(map(repr, allowed))}.")
+        if self.reading_order == "bidirectional" and not self.memory_num_tokens:
+            raise ValueError(
+                "reading_order='bidirectional' reads with two memories, but memory_num_tokens=0 gives none. Fix: set "
+                "memory_num_tokens > 0, or reading_order='forward'."
+            )
         if self.memory_slots < 1 or self.memory_num_heads < 1:
             raise ValueError(
                 f"memory_slots ({self.memory_slots}) and memory_num_heads ({self.memory_num_heads}) must be >= 1."

@@ -265,6 +265,13 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         for layer in self.transformer.layer:
             layer.__class__ = MemXLNetLayer
         self.memory = self._build_memory() if config.memory_num_tokens else None
+        self.backward_memory = self._build_backward_memory()
+
+    def _build_backward_memory(self) -> nn.Module | None:
+        """The second memory of `reading_order="bidirectional"`, which reads documents last segment first."""
+        if self.config.memory_num_tokens and self.config.reading_order == "bidirectional":
+            return self._build_memory()
+        return None
 
     def _build_memory(self) -> nn.Module:
         """The memory module for `self.config`; subclasses with another memory (GMM) override this."""
@@ -281,11 +288,24 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         if isinstance(module, MemXLNetTokenMemory) and module.update_rule == "gated_replace":
             init.constant_(module.gate_proj.bias, module.replace_gate_initial_bias)
 
-    def get_initial_memory_state(self, batch_size: int) -> torch.Tensor | None:
-        """The memory a document starts with (`None` without memory)."""
-        if self.memory is None:
+    def _memory_module(self, use_backward_memory: bool) -> nn.Module | None:
+        if not use_backward_memory:
+            return self.memory
+        if self.backward_memory is None:
+            raise ValueError(
+                f"use_backward_memory=True needs the second memory of reading_order='bidirectional', but this model "
+                f"reads {self.config.reading_order!r} with memory_num_tokens={self.config.memory_num_tokens}. Fix: "
+                "drop use_backward_memory (the model's one memory reads in its reading_order)."
+            )
+        return self.backward_memory
+
+    def get_initial_memory_state(self, batch_size: int, use_backward_memory: bool = False) -> torch.Tensor | None:
+        """The memory a document starts with (`None` without memory); of the backward pass's memory with
+        `use_backward_memory` (`reading_order="bidirectional"`)."""
+        memory = self._memory_module(use_backward_memory)
+        if memory is None:
             return None
-        return self.memory.initial_state(batch_size, like=self.transformer.word_embedding.weight)
+        return memory.initial_state(batch_size, like=self.transformer.word_embedding.weight)
 
     def enable_memory(self, memory_num_tokens: int, tokenizer=None, **memory_config):
         """Give a no-memory model (e.g. a plain or fine-tuned XLNet) `memory_num_tokens` memory slots.
@@ -326,6 +346,9 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         reference = self.transformer.word_embedding.weight
         self.memory = self._build_memory().to(reference.device, reference.dtype)
         self.memory.apply(self._init_weights)
+        self.backward_memory = self._build_backward_memory()
+        if self.backward_memory is not None:
+            self.backward_memory.to(reference.device, reference.dtype).apply(self._init_weights)
         return self
 
     @classmethod
@@ -374,14 +397,17 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         output_attentions,
         output_hidden_states,
         return_memory_outputs=False,
+        use_backward_memory=False,
     ):
         """Read memory into the input, run XLNet, write the new memory. Returns (XLNet outputs, new memory).
 
         A memory module whose `write` returns `(new_state, outputs_dict)` (GMM routing) gets that dict returned as a
         third element when `return_memory_outputs=True`; one with `uses_read_states = True` also receives the
-        `[MEM_READ_i]` hidden states as `read_states`/`read_mask`.
+        `[MEM_READ_i]` hidden states as `read_states`/`read_mask`. `use_backward_memory` reads and writes the second
+        memory of a bidirectional model instead of the first.
         """
-        if self.memory is None:
+        memory = self._memory_module(use_backward_memory)
+        if memory is None:
             outputs = self.transformer(
                 input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, inputs_embeds=inputs_embeds,
                 use_mems=False, output_attentions=output_attentions, output_hidden_states=output_hidden_states,
@@ -392,7 +418,7 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
             raise ValueError("MemXLNet with memory needs input_ids to locate the memory tokens. Fix: pass input_ids.")
         batch_size = input_ids.shape[0]
         if memory_state is None:
-            memory_state = self.get_initial_memory_state(batch_size)
+            memory_state = self.get_initial_memory_state(batch_size, use_backward_memory)
         self._check_memory_state(memory_state, batch_size)
 
         read_one_hot = self._slot_one_hot(input_ids, "read")
@@ -409,7 +435,7 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
             )
         if inputs_embeds is None:
             inputs_embeds = self.transformer.word_embedding(input_ids)
-        memory_values = self.memory.read(memory_state).to(inputs_embeds.dtype)
+        memory_values = memory.read(memory_state).to(inputs_embeds.dtype)
         read_values = torch.einsum("blm,bmd->bld", read_one_hot.to(inputs_embeds.dtype), memory_values)
         inputs_embeds = torch.where(read_positions, read_values, inputs_embeds)
 
@@ -421,10 +447,10 @@ class MemXLNetPreTrainedModel(ModelCardMixin, XLNetPreTrainedModel):
         hidden = outputs.last_hidden_state
         written, written_mask = self._gather_slot_states(self._slot_one_hot(input_ids, "write"), hidden)
         write_inputs = {}
-        if getattr(self.memory, "uses_read_states", False):
+        if getattr(memory, "uses_read_states", False):
             read_states, write_inputs["read_mask"] = self._gather_slot_states(read_one_hot, hidden)
             write_inputs["read_states"] = read_states.to(memory_state.dtype)
-        new_state = self.memory.write(memory_state, written.to(memory_state.dtype), written_mask, **write_inputs)
+        new_state = memory.write(memory_state, written.to(memory_state.dtype), written_mask, **write_inputs)
         new_state, memory_outputs = new_state if isinstance(new_state, tuple) else (new_state, {})
         if segment_mask is not None:
             keep = segment_mask.to(torch.bool).view(batch_size, *([1] * (new_state.dim() - 1)))
@@ -450,12 +476,17 @@ class MemXLNetModel(MemXLNetPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        use_backward_memory: bool = False,
         **kwargs,
     ) -> MemXLNetModelOutput | tuple:
+        r"""
+        use_backward_memory (`bool`, *optional*, defaults to `False`):
+            Read and write the second memory of a `reading_order="bidirectional"` model (its backward pass).
+        """
         reject_unsupported_xlnet_inputs(kwargs)
         outputs, new_state = self._encode(
             input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
-            output_attentions, output_hidden_states,
+            output_attentions, output_hidden_states, use_backward_memory=use_backward_memory,
         )
         result = MemXLNetModelOutput(
             last_hidden_state=outputs.last_hidden_state,
@@ -508,21 +539,27 @@ class MemXLNetForQuestionAnswering(MemXLNetPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        use_backward_memory: bool = False,
         **kwargs,
     ) -> MemXLNetQuestionAnsweringOutput | tuple:
         r"""
         memory_state (`torch.Tensor`, *optional*):
-            Memory returned for the previous segment of the same documents; `None` starts from the initial memory.
+            Memory returned for the previous segment of the same documents (previous in the reading order); `None`
+            starts from the initial memory.
         segment_mask (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
             `False` for documents that have no segment at this step: their memory passes through unchanged and
             they add nothing to the loss.
         start_positions, end_positions (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Labels of the answer span in this segment (the `<cls>` index when the answer is not inside it).
+        use_backward_memory (`bool`, *optional*, defaults to `False`):
+            Read and write the second memory of a `reading_order="bidirectional"` model: its backward pass, whose
+            span logits are added to those of the forward pass.
         """
         reject_unsupported_xlnet_inputs(kwargs)
         outputs, new_state, memory_outputs = self._encode(
             input_ids, attention_mask, token_type_ids, memory_state, segment_mask, inputs_embeds,
             output_attentions, output_hidden_states, return_memory_outputs=True,
+            use_backward_memory=use_backward_memory,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = (part.squeeze(-1).contiguous() for part in logits.split(1, dim=-1))

@@ -25,8 +25,10 @@ from transformers import AutoModelForQuestionAnswering, Pipeline
 from .qa_processing_memxlnet import (
     build_segments,
     find_cls_positions,
+    last_read_segment,
     nbest_answers,
-    null_score,
+    reading_passes,
+    segment_null_scores,
     segment_template,
     span_candidates,
     special_token_ids,
@@ -142,26 +144,32 @@ def _join_pieces(pieces: list[tuple], starts: list[int]) -> tuple[np.ndarray, np
 class RunningNBest:
     """The best spans and the null score of one document so far, updated segment by segment in O(n_best) memory.
 
-    Each update merges the new segments' candidates (`span_candidates`, in segment order) after the kept ones with a
-    stable sort, so ties keep the earlier segment first: the spans are exactly those `best_spans` picks from the logits
-    of all segments at once, without keeping those logits.
+    Each update merges new segments' candidates (`span_candidates` plus their `segment` index) with the kept ones,
+    ordered by score, then segment, then place in the segment: the spans are exactly those `best_spans` picks from
+    the logits of all segments at once, ties included, in whatever order the segments are read. The null score is the
+    minimum over segments (`"min"`) or that of `last_read_segment` (`"last"`).
     """
 
-    def __init__(self, size: int, null_score_reduction: str | None):
-        self.size, self.null_score_reduction = size, null_score_reduction
+    def __init__(self, size: int, null_score_reduction: str | None, last_read_segment: int | None = None):
+        self.size, self.null_score_reduction, self.last_read_segment = size, null_score_reduction, last_read_segment
         self.kept: dict[str, np.ndarray] | None = None
         self.null: float | None = None
 
-    def update(self, candidates: dict[str, np.ndarray], nulls: dict[str, np.ndarray] | None = None):
-        """Add the candidates of consecutive segments (arrays of shape (segments, k * k)) and their <cls> logits."""
+    def update(self, candidates: dict[str, np.ndarray], null_scores: np.ndarray | None = None):
+        """Add the candidates of some segments (arrays of shape (segments, k * k), `segment` among them) and their
+        no-answer scores (`segment_null_scores`, shape (segments,))."""
         flat = {name: value.reshape(-1) for name, value in candidates.items()}
+        flat["rank"] = np.broadcast_to(np.arange(candidates["score"].shape[-1]), candidates["score"].shape).reshape(-1)
         if self.kept is not None:
             flat = {name: np.concatenate([self.kept[name], value]) for name, value in flat.items()}
-        order = np.argsort(-flat["score"], kind="stable")[: self.size]
+        order = np.lexsort((flat["rank"], flat["segment"], -flat["score"]))[: self.size]
         self.kept = {name: value[order] for name, value in flat.items()}
-        if nulls is not None:
-            null = null_score(nulls["start"], nulls["end"], nulls["cls"], self.null_score_reduction)
-            self.null = min(null, self.null) if self.null_score_reduction == "min" and self.null is not None else null
+        if null_scores is None:
+            return
+        if self.null_score_reduction == "min":
+            self.null = float(min(null_scores.min(), np.inf if self.null is None else self.null))
+        elif (is_last := candidates["segment"][:, 0] == self.last_read_segment).any():
+            self.null = float(null_scores[is_last][0])
 
     def candidates(self, context: str) -> list[dict]:
         """The kept spans, best first, as `nbest_answers` takes them."""
@@ -425,17 +433,42 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
             yield from self._independent_passes(documents, batch_size)
 
     def _memory_passes(self, documents):
-        """Time-step-major: step t runs segment t of every document that has one, carrying each one's memory.
+        """The passes of the model's `reading_order` over the documents (`reading_passes`); with two passes
+        (bidirectional) the first one's logits are kept, one `(seq_len,)` pair per segment, and added to the second's."""
+        *earlier_passes, (direction, use_backward_memory) = reading_passes(
+            getattr(self.model.config, "reading_order", "forward")
+        )
+        kept = {}
+        for earlier_direction, earlier_backward_memory in earlier_passes:
+            for rows, start_logits, end_logits, _ in self._memory_pass(
+                documents, earlier_direction, earlier_backward_memory
+            ):
+                kept.update(zip(rows, zip(start_logits, end_logits)))
+        for rows, start_logits, end_logits, segments in self._memory_pass(documents, direction, use_backward_memory):
+            if kept:
+                earlier = [kept.pop(row) for row in rows]
+                start_logits = start_logits + torch.stack([start for start, _ in earlier])
+                end_logits = end_logits + torch.stack([end for _, end in earlier])
+            yield rows, start_logits, end_logits, segments
+
+    def _memory_pass(self, documents, direction: str, use_backward_memory: bool):
+        """Time-step-major: step t runs the (t+1)-th segment, in `direction`, of every document that has one,
+        carrying each one's memory (the model's second memory with `use_backward_memory`).
 
         Documents are sorted by length, so the documents still running at step t are a prefix of the batch and a
         finished document simply leaves the batch (what `segment_mask=False` does, without computing its row).
         """
         order = sorted(range(len(documents)), key=lambda i: -documents[i]["num_segments"])
-        memory_state = self.model.get_initial_memory_state(len(documents))
+        backward = direction == "backward"
+        memory_state = self.model.get_initial_memory_state(len(documents), use_backward_memory)
         for step in range(documents[order[0]]["num_segments"]):
-            rows = [(i, step) for i in order if documents[i]["num_segments"] > step]
+            rows = [(i, documents[i]["num_segments"] - 1 - step if backward else step)
+                    for i in order if documents[i]["num_segments"] > step]
             segments = self._segments(documents, rows)
-            outputs = self.model(**self._model_inputs(segments), memory_state=memory_state[: len(rows)])
+            outputs = self.model(
+                **self._model_inputs(segments), memory_state=memory_state[: len(rows)],
+                use_backward_memory=use_backward_memory,
+            )
             memory_state = outputs.memory_state
             yield rows, outputs.start_logits, outputs.end_logits, segments
 
@@ -461,7 +494,11 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
         documents = model_inputs["documents"]
         reduction = null_score_reduction or getattr(self.model.config, "null_score_reduction", None) or "min"
         size = max(n_best_size, top_k)
-        best = [RunningNBest(size, reduction) for _ in documents]
+        reading_order = getattr(self.model.config, "reading_order", "forward")
+        best = [
+            RunningNBest(size, reduction, int(last_read_segment(document["num_segments"], reading_order)))
+            for document in documents
+        ]
         for rows, start_logits, end_logits, segments in self.segment_logits(documents, batch_size):
             # float64 as run_qa's postprocessing, so sums and ties come out the same
             start = start_logits.float().cpu().numpy().astype(np.float64)
@@ -471,14 +508,19 @@ class MemXLNetQuestionAnsweringPipeline(Pipeline):
             row_index = np.arange(len(rows))[:, None]
             candidates["char_start"] = offsets[row_index, candidates.pop("start"), 0]
             candidates["char_end"] = offsets[row_index, candidates.pop("end"), 1]
-            cls = None
+            candidates["segment"] = np.broadcast_to(
+                np.array([segment for _, segment in rows])[:, None], candidates["score"].shape
+            )
+            nulls = None
             if handle_impossible_answer:
                 cls = find_cls_positions(segments["input_ids"], self.tokenizer.cls_token_id)
+                nulls = segment_null_scores(start, end, cls)
             first = 0
             for index, group in groupby(rows, key=itemgetter(0)):
                 part = slice(first, first + len(list(group)))
-                nulls = None if cls is None else {"start": start[part], "end": end[part], "cls": cls[part]}
-                best[index].update({name: value[part] for name, value in candidates.items()}, nulls)
+                best[index].update(
+                    {name: value[part] for name, value in candidates.items()}, None if nulls is None else nulls[part]
+                )
                 first = part.stop
         return {"best": best}
 

@@ -265,15 +265,49 @@ def prepare_qa_features(
     return rows
 
 
+# The passes of each `MemXLNetConfig.reading_order` over a document, in order: (direction, use_backward_memory).
+READING_PASSES = {
+    "forward": (("forward", False),),
+    "backward": (("backward", False),),
+    "bidirectional": (("backward", True), ("forward", False)),
+}
+
+
+def reading_passes(reading_order: str) -> tuple[tuple[str, bool], ...]:
+    """`(direction, use_backward_memory)` of each pass a model with this reading order makes over a document; each pass
+    reads every segment once, and a segment's span logits are the sum over passes."""
+    if reading_order not in READING_PASSES:
+        raise ValueError(f"Unknown reading_order={reading_order!r}. Fix: use one of {', '.join(READING_PASSES)}.")
+    return READING_PASSES[reading_order]
+
+
+def reading_steps(num_segments: int, direction: str) -> list[int]:
+    """Segment indices in the order a pass in `direction` (`"forward"` or `"backward"`) reads them."""
+    steps = list(range(num_segments))
+    return steps[::-1] if direction == "backward" else steps
+
+
+def last_read_segment(num_segments, reading_order: str = "forward"):
+    """Index of the segment a model reads last (in its last pass), the one that has read the whole document through
+    that pass's memory; works on ints and arrays of segment counts."""
+    direction, _ = reading_passes(reading_order)[-1]
+    last = np.asarray(num_segments) - 1
+    return last if direction == "forward" else np.zeros_like(last)
+
+
 def global_span_labels(
-    start_positions: np.ndarray, end_positions: np.ndarray, num_segments: np.ndarray, cls_index: int
+    start_positions: np.ndarray,
+    end_positions: np.ndarray,
+    num_segments: np.ndarray,
+    cls_index: int,
+    reading_order: str = "forward",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Document-level targets over the flattened (segments x seq_len) logits, for the global softmax.
 
     The positive segment is the first one whose start label is not the <cls> index (so single-token answers, where
     start == end, count). Documents without an answer in their first `num_segments` segments target the <cls> of
-    their last segment, the only one that has read the whole document through memory; the postprocessing reads the
-    null score there too (`null_score_reduction="last"`). Arrays have shape (documents, segments).
+    the segment read last (`last_read_segment`); the postprocessing reads the null score there too
+    (`null_score_reduction="last"`). Arrays have shape (documents, segments).
     """
     seq_len = cls_index + 1
     segments = np.arange(start_positions.shape[1])
@@ -281,7 +315,7 @@ def global_span_labels(
     has_answer = positive.any(-1)
     first = positive.argmax(-1)
     rows = np.arange(len(first))
-    null_target = (num_segments - 1) * seq_len + cls_index
+    null_target = last_read_segment(num_segments, reading_order) * seq_len + cls_index
     global_start = np.where(has_answer, first * seq_len + start_positions[rows, first], null_target)
     global_end = np.where(has_answer, first * seq_len + end_positions[rows, first], null_target)
     return global_start, global_end
@@ -318,18 +352,23 @@ def find_cls_positions(input_ids: np.ndarray, cls_token_id: int) -> np.ndarray:
     return is_cls.shape[-1] - 1 - np.argmax(is_cls[..., ::-1], axis=-1)
 
 
-def null_score(start_logits, end_logits, cls_positions, reduction: str) -> float:
-    """Document null score from the <cls> logits of its segments.
+def segment_null_scores(start_logits, end_logits, cls_positions) -> np.ndarray:
+    """Each segment's no-answer score: the sum of its <cls> start and end logits."""
+    rows = np.arange(len(cls_positions))
+    return start_logits[rows, cls_positions] + end_logits[rows, cls_positions]
+
+
+def null_score(start_logits, end_logits, cls_positions, reduction: str, reading_order: str = "forward") -> float:
+    """Document null score from the <cls> logits of its segments (in document order).
 
     `"min"` (per-segment training, as the official `utils_qa`): the segment most sure of an answer decides.
-    `"last"` (global-softmax training): the single null target, the last segment's <cls>.
+    `"last"` (global-softmax training): the single null target, the <cls> of the segment read last.
     """
-    rows = np.arange(len(cls_positions))
-    per_segment = start_logits[rows, cls_positions] + end_logits[rows, cls_positions]
+    per_segment = segment_null_scores(start_logits, end_logits, cls_positions)
     if reduction == "min":
         return float(per_segment.min())
     if reduction == "last":
-        return float(per_segment[-1])
+        return float(per_segment[last_read_segment(len(per_segment), reading_order)])
     raise ValueError(f"Unknown null_score_reduction={reduction!r}. Fix: use 'min' or 'last'.")
 
 
@@ -431,6 +470,7 @@ def postprocess_qa_predictions(
     max_answer_length: int = 30,
     null_score_diff_threshold: float = 0.0,
     null_score_reduction: str = "min",
+    reading_order: str = "forward",
 ) -> dict:
     """Answers for whole documents from per-segment logits of shape (documents, segments, seq_len).
 
@@ -468,7 +508,7 @@ def postprocess_qa_predictions(
         null = None
         if version_2_with_negative:
             cls_positions = find_cls_positions(np.asarray(feature["input_ids"][:num_segments]), cls_token_id)
-            null = null_score(doc_start, doc_end, cls_positions, null_score_reduction)
+            null = null_score(doc_start, doc_end, cls_positions, null_score_reduction, reading_order)
         answers = nbest_answers(candidates, null, null_score_diff_threshold)
         predictions[example_id] = answers["prediction"]
         best_non_null[example_id] = answers["best_non_null"]
@@ -484,10 +524,14 @@ __all__ = [
     "check_segment_geometry",
     "context_budget",
     "global_span_labels",
+    "last_read_segment",
     "nbest_answers",
     "postprocess_qa_predictions",
     "prepare_qa_features",
+    "reading_passes",
+    "reading_steps",
     "segment_document",
+    "segment_null_scores",
     "segment_template",
     "span_candidates",
     "special_token_ids",
