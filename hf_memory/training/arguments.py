@@ -46,8 +46,8 @@ class MemoryArguments:
         metadata={
             "help": "forward, backward or bidirectional: the order in which the segments of a document are read, the "
             "memory carried from each to the next (default: the checkpoint's, else forward). Backward lets a segment "
-            "know what the document says after it; bidirectional reads both ways with two memories and sums the "
-            "span logits."
+            "know what the document says after it; bidirectional reads both ways with two memories, trains each pass on "
+            "its own and sums their span logits."
         },
     )
     max_n_segs: int | None = field(

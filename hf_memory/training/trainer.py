@@ -1,10 +1,10 @@
 """`MemoryTrainer`: the HF Trainer, running each batch of documents segment by segment with a carried memory.
 
 Batches come from `SegmentCollator` (`[batch, segments, seq_len]` + `segment_mask`). Segments are read in the model's
-`config.reading_order` (first to last, last to first, or both, summing the span logits of the two passes). Training backpropagates through the memory across segments
-(full BPTT, or windows of `bptt_depth` segments). Evaluation and prediction carry the memory too, and return
-per-segment logits `(documents, segments, seq_len)` in document order for the postprocessing (the
-`QuestionAnsweringTrainer` pattern of the official examples).
+`config.reading_order` (first to last, last to first, or both: each pass trained on its own, their span logits summed
+at inference). Training backpropagates through the memory across segments (full BPTT, or windows of `bptt_depth`
+segments). Evaluation and prediction carry the memory too, and return per-segment logits `(documents, segments,
+seq_len)` in document order for the postprocessing (the `QuestionAnsweringTrainer` pattern of the official examples).
 """
 
 import contextlib
@@ -139,59 +139,65 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
         steps, depth = reading_steps(num_steps, direction), self.bptt_depth or num_steps
         return [steps[first:first + depth] for first in range(0, num_steps, depth)]
 
-    def _read_documents(self, model, inputs):
-        """Span logits of every segment (document order) summed over the model's passes, and their auxiliary loss;
-        the memory is detached between BPTT windows."""
-        num_steps = inputs["input_ids"].shape[1]
-        start, end, aux_loss = 0.0, 0.0, 0.0
-        for direction, use_backward_memory in self._passes():
-            windows, memory, pieces = self._windows(num_steps, direction), None, {}
-            for steps in windows:
-                *pieces[min(steps)], memory, window_aux_loss = self._run_segments(
-                    model, inputs, steps, memory, use_backward_memory
-                )
+    def _read_windows(self, model, inputs, windows, memory, use_backward_memory):
+        """`_run_segments` over consecutive BPTT windows of one pass, the memory detached between them; logits of
+        all their segments in document order."""
+        pieces, aux_loss = {}, 0.0
+        for index, steps in enumerate(windows):
+            if index:
                 memory = None if memory is None else memory.detach()
-                aux_loss = aux_loss + window_aux_loss
-            start = start + torch.cat([pieces[first][0] for first in sorted(pieces)], 1)
-            end = end + torch.cat([pieces[first][1] for first in sorted(pieces)], 1)
-        return start, end, aux_loss
+            *pieces[min(steps)], memory, window_aux_loss = self._run_segments(
+                model, inputs, steps, memory, use_backward_memory
+            )
+            aux_loss = aux_loss + window_aux_loss
+        start = torch.cat([pieces[first][0] for first in sorted(pieces)], 1)
+        end = torch.cat([pieces[first][1] for first in sorted(pieces)], 1)
+        return start, end, memory, aux_loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """Each pass of the model's reading order (two for a bidirectional model) is trained as a reader of its own,
+        on its own logits: a document softmax needs all of a pass's segments for one backward; otherwise each BPTT
+        window has its own. Inference adds the passes' logits."""
         model.train()
         inputs = self._prepare_inputs(inputs)
         num_steps = inputs["input_ids"].shape[1]
         scale = self.current_gradient_accumulation_steps
         passes = self._passes()
-        if self.global_softmax_active or len(passes) > 1:
-            # The loss needs every segment's logits (a document softmax, or the passes summed): one backward.
-            with self.compute_loss_context_manager():
-                start, end, aux_loss = self._read_documents(model, inputs)
-                loss = self._loss(start, end, inputs, list(range(num_steps))) + aux_loss
-            loss = loss / scale
-            self.accelerator.backward(loss)
-            return loss.detach()
-        (direction, use_backward_memory), = passes
-        windows = self._windows(num_steps, direction)
-        total, memory = torch.zeros((), device=self.args.device), None
-        for index, steps in enumerate(windows):
-            # Under DDP only the last window may synchronise; forward AND backward of the others sit in no_sync.
-            last = index == len(windows) - 1
-            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                with self.compute_loss_context_manager():
-                    start, end, memory, aux_loss = self._run_segments(model, inputs, steps, memory, use_backward_memory)
-                    loss = (self._loss(start, end, inputs, steps) + aux_loss) / scale
-                self.accelerator.backward(loss)
-            memory = None if memory is None else memory.detach()
-            total = total + loss.detach()
+        total = torch.zeros((), device=self.args.device)
+        for pass_index, (direction, use_backward_memory) in enumerate(passes):
+            windows = self._windows(num_steps, direction)
+            chunks = [windows] if self.global_softmax_active else [[window] for window in windows]
+            memory = None
+            for chunk_index, chunk in enumerate(chunks):
+                # Under DDP only the last backward may synchronise; forward AND backward of the others sit in no_sync.
+                last = pass_index == len(passes) - 1 and chunk_index == len(chunks) - 1
+                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                    with self.compute_loss_context_manager():
+                        start, end, memory, aux_loss = self._read_windows(
+                            model, inputs, chunk, memory, use_backward_memory
+                        )
+                        steps = [step for window in chunk for step in window]
+                        loss = (self._loss(start, end, inputs, steps) + aux_loss) / scale
+                    self.accelerator.backward(loss)
+                memory = None if memory is None else memory.detach()
+                total = total + loss.detach()
         return total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Span logits summed over the model's passes; the loss is the training objective (summed per pass)."""
         inputs = self._prepare_inputs(inputs)
+        num_steps = inputs["input_ids"].shape[1]
+        everything = list(range(num_steps))
+        start, end, loss = 0.0, 0.0, None
         with torch.no_grad(), self.compute_loss_context_manager():
-            start, end, _ = self._read_documents(model, inputs)
-            loss = None
-            if "start_positions" in inputs:
-                loss = self._loss(start, end, inputs, list(range(inputs["input_ids"].shape[1]))).detach()
+            for direction, use_backward_memory in self._passes():
+                pass_start, pass_end, _, _ = self._read_windows(
+                    model, inputs, self._windows(num_steps, direction), None, use_backward_memory
+                )
+                start, end = start + pass_start, end + pass_end
+                if "start_positions" in inputs:
+                    pass_loss = self._loss(pass_start, pass_end, inputs, everything).detach()
+                    loss = pass_loss if loss is None else loss + pass_loss
         if prediction_loss_only:
             return loss, None, None
         return loss, (start.float(), end.float()), None

@@ -64,13 +64,13 @@ class MemXLNetConfig(XLNetConfig):
         reading_order (`str`, *optional*, defaults to `"forward"`):
             Order in which the segments of a document are read, the memory carried from each to the next:
             `"forward"` (first to last), `"backward"` (last to first) or `"bidirectional"` (both: a second memory of
-            the same kind reads the document backward, then the first reads it forward, and each segment's span
-            logits are the sum of its two readings). Reading backward, a segment sees through memory what the
-            document says after it, so a passage can tell that it has been superseded; reading forward, a later
-            passage can tell that it supersedes an earlier one. On BABILong-style qa1 the two make opposite errors,
-            and bidirectional reading generalises furthest (README). The trainer, run_qa.py and the QA pipeline read
-            documents in this order; the `"last"` segment of `null_score_reduction` is the one read last (the first
-            segment when reading backward, else the last).
+            the same kind reads the document backward, then the first reads it forward; each pass is trained as a
+            reader of its own, and a segment's span logits are the sum of its two readings). Reading backward, a
+            segment sees through memory what the document says after it, so a passage can tell that it has been
+            superseded; reading forward, a later passage can tell that it supersedes an earlier one. On
+            BABILong-style qa1 the two make opposite errors, and bidirectional reading generalises furthest
+            (README). The trainer, run_qa.py and the QA pipeline read documents in this order; the `"last"` segment
+            of `null_score_reduction` is the one read last (the first segment when reading backward, else the last).
 
     When the token ids are not given, `vocab_size` is grown by 2m so that the memory tokens appended by
     `hf_memory.add_memory_tokens` to a tokenizer of the base vocabulary line up with the embedding matrix.
