@@ -1,5 +1,12 @@
-"""MemoryTrainer: gradients equal a hand-written reference (full and truncated BPTT, global softmax, both reading
-orders), gradient accumulation, and resume_from_checkpoint reproducing an uninterrupted run exactly."""
+"""MemoryTrainer: gradients equal a hand-written reference (full and truncated BPTT, global softmax, every reading
+order; also under 2-process DDP), gradient accumulation, and resume_from_checkpoint reproducing an uninterrupted run
+exactly."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -15,9 +22,9 @@ from qa_fixtures import WORDS, tiny_model, tiny_tokenizer
 SEQ_LEN = 32
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    tokenizer, read_ids, write_ids = tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+def build_documents(directory):
+    """A tiny tokenizer with memory tokens and 12 documents of 1 to 3+ segments, a third unanswerable."""
+    tokenizer, read_ids, write_ids = tiny_tokenizer(directory)
     rng = np.random.default_rng(0)
     questions, contexts, answers = [], [], []
     for i in range(12):
@@ -37,6 +44,11 @@ def setup(tmp_path_factory):
     dataset = datasets.Dataset.from_dict(rows)
     assert max(rows["num_segments"]) >= 3 and min(rows["num_segments"]) == 1
     return tokenizer, read_ids, write_ids, dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return build_documents(tmp_path_factory.mktemp("tok"))
 
 
 def make_trainer(setup, output_dir, **overrides):
@@ -201,3 +213,22 @@ def test_warmup_schedules_are_pure_functions_of_the_epoch(setup, tmp_path):
             trainer.data_collator.max_segments,
         ))
     assert observed == [(False, True, False, 1), (True, True, False, 3), (True, True, True, 3), (False, True, False, 1)]
+
+
+def test_ddp_gradients_are_the_mean_of_the_processes_reference_gradients(tmp_path):
+    """Several forwards per backward (a document's segments, both passes) under DDP: see ddp_trainer_worker.py."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tests_dir = Path(__file__).parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(tests_dir.parent), str(tests_dir)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+         str(tests_dir / "ddp_trainer_worker.py"), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    from ddp_trainer_worker import CASES
+
+    assert result.stdout.count("DDP OK") == 2 * len(CASES)

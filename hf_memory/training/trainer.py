@@ -13,6 +13,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from transformers import Trainer
 from transformers.trainer_utils import PredictionOutput, speed_metrics
 
@@ -43,6 +44,32 @@ def global_softmax_loss(start_logits, end_logits, global_start, global_end, segm
     hidden = ~segment_mask.unsqueeze(-1)
     flat = lambda tensor: tensor.float().masked_fill(hidden, float("-inf")).flatten(1)  # noqa: E731
     return (F.cross_entropy(flat(start_logits), global_start) + F.cross_entropy(flat(end_logits), global_end)) / 2
+
+
+def average_gradients(model: DistributedDataParallel) -> None:
+    """Average the accumulated gradients over the processes, as DDP's reducer would. The reducer cannot do it here:
+    it expects one forward per backward and marks as unused every parameter that the LAST forward's output does not
+    reach (the segments before a detached memory, the other pass's memory), then fails when their gradients arrive.
+    A parameter with a gradient on no process keeps none, as under DDP."""
+    group = model.process_group
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    has_gradient = torch.tensor(
+        [parameter.grad is not None for parameter in parameters], dtype=torch.int32, device=parameters[0].device
+    )
+    torch.distributed.all_reduce(has_gradient, op=torch.distributed.ReduceOp.MAX, group=group)
+    by_dtype = {}
+    for parameter, present in zip(parameters, has_gradient.tolist()):
+        if present:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            by_dtype.setdefault(parameter.grad.dtype, []).append(parameter.grad)
+    world_size = torch.distributed.get_world_size(group)
+    for gradients in by_dtype.values():
+        flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+        torch.distributed.all_reduce(flat, group=group)
+        flat /= world_size
+        for gradient, reduced in zip(gradients, flat.split([gradient.numel() for gradient in gradients])):
+            gradient.copy_(reduced.view_as(gradient))
 
 
 class MemoryTrainer(TrainerModelCardMixin, Trainer):
@@ -157,21 +184,20 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Each pass of the model's reading order (two for a bidirectional model) is trained as a reader of its own,
         on its own logits: a document softmax needs all of a pass's segments for one backward; otherwise each BPTT
-        window has its own. Inference adds the passes' logits."""
+        window has its own. Inference adds the passes' logits. Under DDP the backwards run unsynchronised and the
+        gradients are averaged once at the end of a synchronising step (`average_gradients`)."""
         model.train()
         inputs = self._prepare_inputs(inputs)
         num_steps = inputs["input_ids"].shape[1]
         scale = self.current_gradient_accumulation_steps
-        passes = self._passes()
+        synchronise = isinstance(model, DistributedDataParallel) and model.require_backward_grad_sync
         total = torch.zeros((), device=self.args.device)
-        for pass_index, (direction, use_backward_memory) in enumerate(passes):
-            windows = self._windows(num_steps, direction)
-            chunks = [windows] if self.global_softmax_active else [[window] for window in windows]
-            memory = None
-            for chunk_index, chunk in enumerate(chunks):
-                # Under DDP only the last backward may synchronise; forward AND backward of the others sit in no_sync.
-                last = pass_index == len(passes) - 1 and chunk_index == len(chunks) - 1
-                with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+        with model.no_sync() if synchronise else contextlib.nullcontext():
+            for direction, use_backward_memory in self._passes():
+                windows = self._windows(num_steps, direction)
+                chunks = [windows] if self.global_softmax_active else [[window] for window in windows]
+                memory = None
+                for chunk in chunks:
                     with self.compute_loss_context_manager():
                         start, end, memory, aux_loss = self._read_windows(
                             model, inputs, chunk, memory, use_backward_memory
@@ -179,8 +205,10 @@ class MemoryTrainer(TrainerModelCardMixin, Trainer):
                         steps = [step for window in chunk for step in window]
                         loss = (self._loss(start, end, inputs, steps) + aux_loss) / scale
                     self.accelerator.backward(loss)
-                memory = None if memory is None else memory.detach()
-                total = total + loss.detach()
+                    memory = None if memory is None else memory.detach()
+                    total = total + loss.detach()
+        if synchronise:
+            average_gradients(model)
         return total
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
